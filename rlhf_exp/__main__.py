@@ -1,0 +1,91 @@
+"""``python -m rlhf_exp [group=option ...] [key=value ...]``: compose the config, build, run, log.
+
+Examples::
+
+    python -m rlhf_exp                                    # objective=ppo kl=adaptive on the embedded task
+    python -m rlhf_exp objective=ppo kl=fixed kl.kl_coef=0.05 train.steps=50
+    python -m rlhf_exp -m kl.kl_coef=0.01,0.1 seed=0,1    # Hydra multirun sweep
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf_exp.config import CONFIG_DIR, OFFLINE, validate
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.get("output_dir") or "outputs/manual")
+
+
+def _run_name(cfg: DictConfig) -> str:
+    if cfg.get("run_name"):
+        return str(cfg.run_name)
+    base = f"{cfg.objective.name}-{cfg.kl.controller}"
+    if HydraConfig.initialized():
+        overrides = HydraConfig.get().job.override_dirname
+        if overrides:
+            return f"{base}[{overrides}]"
+    return base
+
+
+def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
+    """Run one experiment from a composed config; returns the run summary (also in ``summary.json``)."""
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.train.common import make_accelerator, quiet_libraries, seed_everything
+    from rlhf_exp.train.online import OnlineTrainer, summary_line
+
+    validate(cfg)
+    quiet_libraries()
+    output_dir = Path(output_dir) if output_dir is not None else _output_dir(cfg)
+    seed_everything(int(cfg.seed))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.objective.kind == OFFLINE:
+        raise NotImplementedError(f"objective={cfg.objective.name} is an offline objective; offline objectives are "
+                                  f"not available yet.")
+    t0 = time.perf_counter()
+    acc = make_accelerator(cfg)
+    is_main = acc.is_main_process
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(resolved), output_dir / "config_resolved.yaml")
+    tracker = Tracker(output_dir, cfg.logger, resolved, _run_name(cfg), enabled=is_main)
+    trainer = None
+    try:
+        trainer = OnlineTrainer(cfg, output_dir, tracker, acc)
+        summary = trainer.train()
+    except BaseException as e:
+        if trainer is not None:
+            try:
+                trainer.finish(time.perf_counter() - t0, status=f"failed: {type(e).__name__}: {e}")
+            except Exception:  # keep the original error
+                pass
+        tracker.close(failed=True)
+        raise
+    tracker.close()
+    if is_main:
+        print(summary_line(summary), flush=True)
+        print(f"[rlhf_exp] run folder: {output_dir}", flush=True)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
+    summary = run(cfg)
+    # The return value is what sweepers (Optuna) optimise.
+    return float(summary.get("eval/reward_mean_end", float("nan")))
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

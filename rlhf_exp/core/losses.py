@@ -1,0 +1,188 @@
+"""Token log-probabilities, entropy and the policy/value losses.
+
+Shapes: ``(B, T)`` response tokens, ``(B, T, V)`` logits over the vocabulary, ``mask`` marks real response tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlhf_exp.core.masked import masked_mean
+
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-probability of ``labels`` under ``softmax(logits)``.
+
+    Args:
+        logits: ``(B, T, V)`` (divide by the sampling temperature *before* calling).
+        labels: ``(B, T)`` token ids.
+    Returns:
+        ``(B, T)`` in float32.
+    """
+    logits = logits.float()
+    return torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` at each position: ``logsumexp(l) - sum_v p_v l_v``. ``(B, T, V) -> (B, T)``."""
+    logits = logits.float()
+    p = F.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+                   normalizer: float | None = None) -> torch.Tensor:
+    """Reduce a ``(B, T)`` per-token loss to a scalar.
+
+    * ``token-mean``: mean over all real tokens in the batch (long responses weigh more; PPO/DAPO default).
+    * ``seq-mean-token-mean``: mean over tokens of each sequence, then over sequences (original GRPO).
+    * ``seq-mean-token-sum``: sum over tokens of each sequence, then mean over sequences (sequence log-prob).
+    * ``seq-mean-token-sum-norm``: sum over all tokens divided by ``B * normalizer`` with a constant
+      ``normalizer`` (the maximum response length) instead of each sequence's length (Dr. GRPO).
+    """
+    m = mask.to(loss_mat.dtype)
+    if mode == "token-mean":
+        return masked_mean(loss_mat, m)
+    if mode == "seq-mean-token-mean":
+        return masked_mean(loss_mat, m, dim=1).mean()
+    if mode == "seq-mean-token-sum":
+        return (loss_mat * m).sum(dim=1).mean()
+    if mode == "seq-mean-token-sum-norm":
+        norm = float(normalizer if normalizer is not None else loss_mat.shape[1])
+        return (loss_mat * m).sum() / (loss_mat.shape[0] * norm)
+    raise ValueError(f"Unknown loss aggregation {mode!r}. Valid: {', '.join(LOSS_AGGREGATIONS)}.")
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    aggregation: str = "token-mean",
+    normalizer: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate at token level (Schulman et al., 2017), with optional asymmetric clipping.
+
+    ``ratio = exp(logprobs - old_logprobs)``; per token ``max(-A * ratio, -A * clip(ratio, 1 - clip_low,
+    1 + clip_high))``, then aggregated with :func:`aggregate_loss`.
+
+    Args:
+        logprobs: ``(B, T)`` under the policy being optimised (carries the gradient).
+        old_logprobs: ``(B, T)`` under the policy that sampled (detached).
+        advantages: ``(B, T)``.
+        mask: ``(B, T)``.
+        clip_low, clip_high: the clip range ``[1 - clip_low, 1 + clip_high]``; ``clip_high`` defaults to ``clip_low``.
+    Returns:
+        ``(loss, stats)`` with stats ``ratio_mean``, ``clipfrac`` (share of tokens where the clipped branch was
+        taken) and ``approx_kl`` (``0.5 * mean(log_ratio**2)`` between the new and the sampling policy), detached.
+    """
+    clip_high = clip_low if clip_high is None else clip_high
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss_mat = torch.maximum(unclipped, clipped)
+    loss = aggregate_loss(loss_mat, mask, aggregation, normalizer)
+    with torch.no_grad():
+        stats = {
+            "ratio_mean": masked_mean(ratio, mask),
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio.pow(2), mask),
+        }
+    return loss, stats
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped value loss: ``0.5 * max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)``, token mean.
+
+    Args:
+        values: ``(B, T)`` new value predictions (carry the gradient).
+        old_values: ``(B, T)`` predictions at rollout time.
+        returns: ``(B, T)`` targets.
+        mask: ``(B, T)``.
+        clip: ``c``; ``None`` gives the plain squared error.
+    Returns:
+        ``(loss, stats)`` with ``value_clipfrac``.
+    """
+    err = (values - returns).pow(2)
+    if clip is None:
+        loss = 0.5 * masked_mean(err, mask)
+        return loss, {"value_clipfrac": torch.zeros((), device=values.device)}
+    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    err_clipped = (v_clipped - returns).pow(2)
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    with torch.no_grad():
+        stats = {"value_clipfrac": masked_mean((err_clipped > err).float(), mask)}
+    return loss, stats
+
+
+def sequence_logprob(logprobs: torch.Tensor, mask: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Log-probability of each response: the sum over its tokens (``sum``) or the per-token mean (``mean``).
+
+    ``(B, T) -> (B,)``.
+    """
+    m = mask.to(logprobs.dtype)
+    total = (logprobs * m).sum(dim=1)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / m.sum(dim=1).clamp(min=1.0)
+    raise ValueError(f"Unknown sequence log-prob reduction {reduction!r}. Valid: sum, mean.")
+
+
+def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                   aggregation: str = "seq-mean-token-sum", normalizer: float | None = None) -> torch.Tensor:
+    """REINFORCE: ``-A * log pi``, aggregated over tokens and sequences.
+
+    Args:
+        logprobs: ``(B, T)`` under the current policy (carries the gradient).
+        advantages: ``(B,)`` one per sequence (broadcast to its tokens) or ``(B, T)`` per token.
+        mask: ``(B, T)``.
+        aggregation: see :func:`aggregate_loss`; ``seq-mean-token-sum`` is ``-mean_i(A_i * log pi(y_i|x_i))``.
+    """
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+    return aggregate_loss(-adv * logprobs, mask, aggregation, normalizer)
+
+
+def clipped_sequence_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    ratio_reduction: str = "sum",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate on the *sequence* ratio ``pi(y|x) / pi_old(y|x)``.
+
+    ``log r = sum_t (log pi - log pi_old)`` (``ratio_reduction=sum``), or its per-token mean (``mean``, the
+    length-normalised ratio of GSPO). Per sequence ``max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))``, mean over
+    sequences.
+
+    Args:
+        logprobs, old_logprobs: ``(B, T)``.
+        advantages: ``(B,)``.
+        mask: ``(B, T)``.
+    Returns:
+        ``(loss, stats)`` with the sequence-level ``ratio_mean`` and ``clipfrac``.
+    """
+    clip_high = clip_low if clip_high is None else clip_high
+    log_ratio = sequence_logprob(logprobs - old_logprobs, mask, ratio_reduction)
+    ratio = torch.exp(log_ratio.clamp(max=20.0))
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        stats = {"ratio_mean": ratio.mean(), "clipfrac": (clipped > unclipped).float().mean(),
+                 "approx_kl": (0.5 * log_ratio.pow(2)).mean()}
+    return loss, stats

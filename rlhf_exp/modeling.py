@@ -1,0 +1,240 @@
+"""Loading models and tokenizers, the value head, and the one forward pass every objective uses.
+
+Everything is loaded with ``from_pretrained`` from a local directory or a Hugging Face hub id, so the embedded tiny
+models and ``gpt2`` go through the same code. Offline, a hub id that is not in the local cache fails at once with a
+message that says what to download and which option to set, instead of retrying the network.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from rlhf_exp.core.losses import entropy_from_logits, logprobs_from_logits
+
+class ModelNotAvailableError(RuntimeError):
+    """A model, tokenizer or reward model path that cannot be loaded here."""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((endpoint, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_env() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_pretrained(name_or_path: str, option: str) -> str:
+    """Return something ``from_pretrained`` can load without hanging, or raise a clear error.
+
+    Args:
+        name_or_path: a local directory or a hub id such as ``lvwerra/gpt2-imdb``.
+        option: the config key that set it (``model.path``, ``reward_model.path``...), named in the error.
+    """
+    if name_or_path is None or str(name_or_path).strip() == "":
+        raise ModelNotAvailableError(f"{option} is empty: set it to a local Hugging Face directory or a hub id.")
+    p = Path(os.path.expanduser(str(name_or_path)))
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelNotAvailableError(
+                f"{option}={name_or_path!r} is a directory without config.json; point it at a Hugging Face model "
+                f"directory (the folder that save_pretrained wrote)."
+            )
+        return str(p)
+    looks_local = str(name_or_path).startswith(("/", "./", "../", "~")) or str(name_or_path).count("/") > 1
+    if looks_local:
+        raise ModelNotAvailableError(f"{option}={name_or_path!r}: no such directory. Set {option}=<existing local dir>.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(str(name_or_path), local_files_only=True)
+    except Exception:
+        pass
+    if _offline_env() or not _hub_reachable():
+        raise ModelNotAvailableError(
+            f"{option}={name_or_path!r} is a hub id that is not in the local Hugging Face cache, and the hub cannot "
+            f"be reached from here. On a machine with internet run\n"
+            f"    huggingface-cli download {name_or_path} --local-dir /path/to/{Path(str(name_or_path)).name}\n"
+            f"copy the folder here and set {option}=/path/to/{Path(str(name_or_path)).name} (or pre-fill the "
+            f"cache and set HF_HUB_OFFLINE=1)."
+        )
+    return str(name_or_path)
+
+
+def _torch_dtype(name: str | None) -> torch.dtype | None:
+    if name in (None, "auto", "float32", "fp32"):
+        return torch.float32
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"Unknown dtype {name!r}. Valid: float32, bfloat16, float16.")
+    return table[name]
+
+
+def load_tokenizer(name_or_path: str, option: str = "model.tokenizer", padding_side: str = "left"):
+    """A tokenizer with a pad token (EOS when it has none) and the requested padding side."""
+    from transformers import AutoTokenizer
+
+    path = resolve_pretrained(name_or_path, option)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelNotAvailableError(f"The tokenizer at {option}={name_or_path!r} has neither a pad nor an EOS token.")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability to 0 (GPT-2 ships with 0.1): the policy that samples must be the policy scored."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    for attr in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "attention_dropout",
+                 "hidden_dropout", "dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if hasattr(getattr(model, "config", None), attr) and isinstance(getattr(model.config, attr), float):
+            setattr(model.config, attr, 0.0)
+    return model
+
+
+def load_causal_lm(name_or_path: str, option: str = "model.path", dtype: str | None = None):
+    """``AutoModelForCausalLM.from_pretrained`` with dropout disabled and a clear error when the path is missing."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_pretrained(name_or_path, option)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype))
+    return disable_dropout(model)
+
+
+class ValueHead(nn.Module):
+    """A scalar head on the policy's last hidden state: ``(B, T, H) -> (B, T)``."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1) ** 0.5 * 0.1)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+def hidden_size_of(lm: nn.Module) -> int:
+    cfg = lm.config
+    for attr in ("hidden_size", "n_embd", "d_model", "dim"):
+        if isinstance(getattr(cfg, attr, None), int):
+            return getattr(cfg, attr)
+    raise ValueError(f"Cannot find the hidden size in {type(cfg).__name__}; expected hidden_size or n_embd.")
+
+
+@dataclass
+class ResponseOutput:
+    """What one forward pass over prompt+response gives, restricted to the response tokens.
+
+    logprobs: ``(B, T)``; entropy: ``(B, T)`` or None; values: ``(B, T)`` or None; logits: ``(B, T, V)`` or None.
+    """
+
+    logprobs: torch.Tensor
+    entropy: Optional[torch.Tensor] = None
+    values: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on the first real token of each row, for left-padded batches. ``(B, L)``."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class PolicyModel(nn.Module):
+    """The trained causal LM, plus a value head on its last hidden state when the objective needs one.
+
+    One module so that DDP/FSDP/DeepSpeed wrap policy and value head together.
+    """
+
+    def __init__(self, lm: nn.Module, value_head: bool = False):
+        super().__init__()
+        self.lm = lm
+        self.value_head = ValueHead(hidden_size_of(lm)) if value_head else None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_len: int,
+        temperature: float = 1.0,
+        return_values: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Logits that predict the last ``response_len`` tokens, and the values of the states before them.
+
+        Args:
+            input_ids: ``(B, P + T)`` left-padded prompt followed by the right-padded response.
+            attention_mask: ``(B, P + T)``.
+            response_len: ``T``.
+        Returns:
+            ``logits (B, T, V)`` divided by ``temperature``, and ``values (B, T)`` or None.
+        """
+        want_values = return_values and self.value_head is not None
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+            output_hidden_states=want_values,
+            logits_to_keep=response_len + 1,
+        )
+        logits = out.logits[:, -(response_len + 1):-1, :]
+        if temperature != 1.0:
+            logits = logits / temperature
+        values = None
+        if want_values:
+            hidden = out.hidden_states[-1][:, -(response_len + 1):-1, :]
+            values = self.value_head(hidden)
+        return logits, values
+
+
+def score_responses(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    return_values: bool = False,
+    return_logits: bool = False,
+) -> ResponseOutput:
+    """Per-token log-probs (and optionally entropy, values, logits) of the response tokens under ``model``.
+
+    ``model`` is a :class:`PolicyModel` (or a DDP/FSDP wrapper of one). Position ids come from the attention mask, so
+    a sequence scores the same in a left-padded batch as alone.
+
+    Args:
+        prompt_ids, prompt_mask: ``(B, P)`` left-padded.
+        response_ids, response_mask: ``(B, T)`` right-padded.
+    """
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1)
+    T = response_ids.shape[1]
+    logits, values = model(input_ids, attention_mask, T, temperature=temperature, return_values=return_values)
+    logprobs = logprobs_from_logits(logits, response_ids)
+    entropy = entropy_from_logits(logits) if return_entropy else None
+    return ResponseOutput(logprobs=logprobs, entropy=entropy, values=values, logits=logits if return_logits else None)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A detached, frozen copy in eval mode (the reference policy)."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref

@@ -1,0 +1,29 @@
+"""Objectives by name: ``objective.name`` in the config selects the class here.
+
+Online (``rlhf_exp.train.online``): each class turns a scored rollout into advantages and a minibatch loss; the loop
+around them is shared.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from rlhf_exp.objectives.base import OnlineObjective
+from rlhf_exp.objectives.grpo import GRPO
+from rlhf_exp.objectives.ppo import PPO
+from rlhf_exp.objectives.ppo_seq import PPOSeq
+from rlhf_exp.objectives.reinforce import KLReinforce, Reinforce
+from rlhf_exp.objectives.reinforce_pp import ReinforcePP
+from rlhf_exp.objectives.rloo import RLOO
+from rlhf_exp.objectives.token_reinforce import TokenReinforce
+
+ONLINE_OBJECTIVES: dict[str, type[OnlineObjective]] = {
+    cls.name: cls for cls in (PPO, PPOSeq, Reinforce, KLReinforce, TokenReinforce, GRPO, RLOO, ReinforcePP)
+}
+
+
+def build_online_objective(cfg: Mapping[str, Any], kl_cfg: Mapping[str, Any],
+                           max_new_tokens: Optional[int] = None) -> OnlineObjective:
+    name = cfg.get("name")
+    if name not in ONLINE_OBJECTIVES:
+        raise ValueError(f"Unknown online objective {name!r}. Valid: {', '.join(sorted(ONLINE_OBJECTIVES))}.")
+    return ONLINE_OBJECTIVES[name](cfg, kl_cfg, max_new_tokens)

@@ -1,0 +1,124 @@
+"""A Hugging Face sequence classifier as the reward (``lvwerra/distilbert-imdb``, the embedded tiny sentiment model...).
+
+The policy's text is re-tokenised with the classifier's own tokenizer. The score is the chosen label's raw logit
+(the convention of the TRL IMDb example), its probability, or its log-probability.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from rlhf_exp.modeling import disable_dropout, load_tokenizer, resolve_pretrained
+from rlhf_exp.rewards.base import RewardError, RewardModel, RewardOutput
+
+OUTPUTS = ("logit", "prob", "log_prob")
+INPUTS = ("prompt+completion", "completion")
+
+
+class HFClassifierReward(RewardModel):
+    """Score texts with ``AutoModelForSequenceClassification``.
+
+    Args:
+        path: local directory or hub id.
+        label: the label whose logit is the score, by name (``POSITIVE``) or index.
+        output: ``logit`` | ``prob`` | ``log_prob``.
+        input: score ``prompt+completion`` (the IMDb convention) or the ``completion`` alone.
+        batch_size, max_length: scoring batch size and truncation length (classifier tokens).
+        per_token: also return per-token rewards: the change of the score as each response token is added,
+            ``r_t = s(prompt + y_<=t) - s(prompt + y_<t)``, so that ``sum_t r_t = s(prompt + y) - s(prompt)``. Needs
+            the policy tokenizer and ``completion_ids`` (the loop passes both).
+    Extras: ``<label>_prob`` (probability of the label) and ``<label>_frac`` (1 where it is the argmax class).
+    """
+
+    def __init__(self, path: str, label: str | int = "POSITIVE", output: str = "logit",
+                 input: str = "prompt+completion", batch_size: int = 64, max_length: int = 512,
+                 name: str = "classifier", option: str = "reward_model.path", per_token: bool = False):
+        from transformers import AutoModelForSequenceClassification
+
+        if output not in OUTPUTS:
+            raise ValueError(f"reward_model.output={output!r} is not one of {', '.join(OUTPUTS)}.")
+        if input not in INPUTS:
+            raise ValueError(f"reward_model.input={input!r} is not one of {', '.join(INPUTS)}.")
+        resolved = resolve_pretrained(path, option)
+        self.name = name
+        self.tokenizer = load_tokenizer(resolved, option=option, padding_side="right")
+        self.model = disable_dropout(AutoModelForSequenceClassification.from_pretrained(resolved)).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.label_index = self._label_index(label)
+        self.label_name = str(self.model.config.id2label.get(self.label_index, self.label_index)).lower()
+        self.output = output
+        self.input = input
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length)
+        self.per_token = bool(per_token)
+
+    def _label_index(self, label: str | int) -> int:
+        id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+        n = self.model.config.num_labels
+        if isinstance(label, int) or (isinstance(label, str) and label.lstrip("-").isdigit()):
+            idx = int(label)
+            if not -n <= idx < n:
+                raise ValueError(f"reward_model.label={label} is out of range for a classifier with {n} labels.")
+            return idx % n
+        for idx, name in id2label.items():
+            if name.lower() == str(label).lower():
+                return idx
+        raise ValueError(f"reward_model.label={label!r} is not a label of this classifier. Its labels: "
+                         f"{', '.join(f'{i}={v}' for i, v in sorted(id2label.items()))}.")
+
+    def to(self, device: torch.device | str) -> "HFClassifierReward":
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def _logits(self, texts: Sequence[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(list(texts[i:i + self.batch_size]), return_tensors="pt", padding=True,
+                                 truncation=True, max_length=self.max_length).to(self.device)
+            out.append(self.model(**enc).logits.float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.model.config.num_labels)
+
+    def _output(self, logits: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)[:, self.label_index]
+        return {"logit": logits[:, self.label_index], "prob": logp.exp(), "log_prob": logp}[self.output]
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str], completion_ids: Any = None,
+              **columns: Any) -> RewardOutput:
+        texts = [c if self.input == "completion" else p + c for p, c in zip(prompts, completions)]
+        logits = self._logits(texts)
+        probs = torch.softmax(logits, dim=-1)[:, self.label_index]
+        extras = {f"{self.label_name}_prob": probs,
+                  f"{self.label_name}_frac": (logits.argmax(-1) == self.label_index).float()}
+        scores = self._output(logits)
+        token_scores = self._token_scores(prompts, completion_ids) if self.per_token else None
+        return RewardOutput(scores=scores, token_scores=token_scores, extras=extras)
+
+    def _token_scores(self, prompts: Sequence[str], completion_ids: Any) -> torch.Tensor:
+        if completion_ids is None or self.policy_tokenizer is None:
+            raise RewardError(f"Reward {self.name!r} has per_token=true, which needs the completions' token ids and "
+                              f"the policy tokenizer; the online loop passes both.")
+        dec = self.policy_tokenizer.decode
+        texts, spans = [], []
+        for p, ids in zip(prompts, completion_ids):
+            ids = list(ids)
+            start = len(texts)
+            for t in range(len(ids) + 1):
+                c = dec(ids[:t], skip_special_tokens=True)
+                texts.append(c if self.input == "completion" else p + c)
+            spans.append((start, len(ids)))
+        s = self._output(self._logits(texts))
+        T = max((n for _, n in spans), default=0)
+        out = torch.zeros(len(spans), max(T, 1))
+        for i, (start, n) in enumerate(spans):
+            if n:
+                out[i, :n] = s[start + 1:start + n + 1] - s[start:start + n]
+        return out

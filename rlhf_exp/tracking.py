@@ -1,0 +1,149 @@
+"""Where a run's results go: ``metrics.jsonl`` and ``samples.jsonl`` in the output folder, and W&B or TensorBoard.
+
+Only the main process writes. The files are flushed line by line, so a run that stops early (an error, Ctrl-C)
+keeps everything logged until then. Without W&B credentials the W&B run is offline (synced later with
+``wandb sync <run dir>/wandb/offline-run-*``), announced in one line.
+"""
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
+    return v
+
+
+def wandb_credentials_present() -> bool:
+    """True when W&B can log online: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        rc = netrc.netrc(os.path.expanduser("~/.netrc"))
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    return rc.authenticators(host) is not None
+
+
+class Tracker:
+    """Logs metrics and sample completions of one run.
+
+    Args:
+        output_dir: the run's folder (Hydra's output dir).
+        logger_cfg: the ``logger`` config group: ``kind`` (wandb | tensorboard | none), ``project``, ``entity``,
+            ``group``, ``tags``, ``mode`` (online | offline | disabled | null=auto).
+        run_config: the resolved config, stored with the W&B run.
+        run_name: display name of the run.
+        enabled: False on every process but the main one.
+    """
+
+    def __init__(self, output_dir: Path, logger_cfg: Mapping[str, Any], run_config: Mapping[str, Any],
+                 run_name: str, enabled: bool = True):
+        self.output_dir = Path(output_dir)
+        self.enabled = enabled
+        self.kind = logger_cfg.get("kind", "none")
+        self._wandb = None
+        self._tb = None
+        self._sample_rows: list[list[Any]] = []
+        self._metrics_f = None
+        self._samples_f = None
+        if not enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics_f = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
+        self._samples_f = open(self.output_dir / "samples.jsonl", "a", buffering=1)
+        if self.kind == "wandb":
+            self._init_wandb(logger_cfg, run_config, run_name)
+        elif self.kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+        elif self.kind != "none":
+            raise ValueError(f"Unknown logger.kind {self.kind!r}. Valid: wandb, tensorboard, none (logger=<name>).")
+
+    def _init_wandb(self, cfg: Mapping[str, Any], run_config: Mapping[str, Any], run_name: str) -> None:
+        import wandb
+
+        mode = cfg.get("mode") or os.environ.get("WANDB_MODE")
+        if not mode:
+            if wandb_credentials_present():
+                mode = "online"
+            else:
+                mode = "offline"
+                print(f"[rlhf_exp] No W&B credentials found: logging offline to {self.output_dir / 'wandb'} "
+                      f"(sync later with `wandb sync`, or run `wandb login` / set WANDB_API_KEY).", flush=True)
+        tags = list(cfg.get("tags") or [])
+        self._wandb = wandb.init(
+            project=cfg.get("project", "rlhf_exp"), entity=cfg.get("entity"), group=cfg.get("group"),
+            job_type=cfg.get("job_type"), name=run_name, tags=tags or None, config=dict(run_config),
+            dir=str(self.output_dir), mode=mode, reinit="finish_previous",
+        )
+
+    # ---------------------------------------------------------------------------------------------- logging
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._metrics_f.write(json.dumps(row) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+
+    def log_samples(self, step: int, prompts: Sequence[str], completions: Sequence[str], rewards: Sequence[float],
+                    split: str = "eval") -> None:
+        if not self.enabled:
+            return
+        for p, c, r in zip(prompts, completions, rewards):
+            self._samples_f.write(json.dumps({"step": step, "split": split, "prompt": p, "completion": c,
+                                              "reward": float(r)}) + "\n")
+            self._sample_rows.append([step, split, p, c, float(r)])
+        if self._tb is not None:
+            text = "\n\n".join(f"**{p}**{c} ({float(r):.2f})" for p, c, r in zip(prompts, completions, rewards))
+            self._tb.add_text(f"{split}/samples", text, step)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _jsonable(v) for k, v in values.items()}
+        with open(self.output_dir / "summary.json", "w") as f:
+            json.dump(clean, f, indent=2)
+        if self._wandb is not None:
+            for k, v in clean.items():
+                self._wandb.summary[k] = v
+
+    def close(self, failed: bool = False) -> None:
+        if not self.enabled:
+            return
+        if self._wandb is not None:
+            import wandb
+
+            if self._sample_rows:
+                table = wandb.Table(columns=["step", "split", "prompt", "completion", "reward"], data=self._sample_rows)
+                self._wandb.log({"samples": table})
+            self._wandb.finish(exit_code=1 if failed else 0)
+            self._wandb = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        for f in (self._metrics_f, self._samples_f):
+            if f is not None:
+                f.close()
+        self._metrics_f = self._samples_f = None
+
+    @property
+    def wandb_run(self) -> Optional[Any]:
+        return self._wandb

@@ -1,0 +1,1 @@
+"""Training loops: the online loop shared by the RL objectives, and the offline ones."""

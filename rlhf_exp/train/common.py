@@ -1,0 +1,96 @@
+"""Pieces every loop shares: the accelerator, seeding, running reward statistics, saving the policy."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient became NaN/inf; the update was not applied and the run stops."""
+
+
+def quiet_libraries() -> None:
+    """Silence the per-file progress bars and advisories of transformers/datasets; the run shows its own bar."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        import datasets
+
+        datasets.utils.logging.disable_progress_bar()
+        datasets.utils.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(cfg):
+    """An ``accelerate.Accelerator`` for ``cfg.device`` (auto | cpu | cuda) and ``cfg.train.mixed_precision``."""
+    from accelerate import Accelerator
+
+    device = str(cfg.get("device", "auto"))
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={device!r}: valid values are auto, cpu, cuda.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is visible; use device=auto or device=cpu.")
+    mp = str(cfg.train.get("mixed_precision", "no"))
+    return Accelerator(cpu=(device == "cpu"), mixed_precision=mp)
+
+
+class RunningMoments:
+    """Running mean and standard deviation of all rewards seen so far (Chan et al. parallel update)."""
+
+    def __init__(self) -> None:
+        self.count = 0.0
+        self.mean = 0.0
+        self.var = 0.0
+
+    @property
+    def std(self) -> float:
+        return self.var ** 0.5
+
+    def update(self, x: torch.Tensor, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+        """Fold in a batch ``x`` of shape ``(n,)`` (summed over processes with ``reduce``)."""
+        x = x.detach().float()
+        s = torch.stack([torch.tensor(float(x.numel()), device=x.device), x.sum()])
+        if reduce is not None:
+            s = reduce(s)
+        n, total = float(s[0]), float(s[1])
+        if n == 0:
+            return
+        bmean = total / n
+        sq = ((x - bmean) ** 2).sum()
+        if reduce is not None:
+            sq = reduce(sq)
+        bvar = float(sq) / n
+        new_count = self.count + n
+        delta = bmean - self.mean
+        self.mean += delta * n / new_count
+        self.var = (self.var * self.count + bvar * n + delta ** 2 * self.count * n / new_count) / new_count
+        self.count = new_count
+
+
+def save_policy(policy, tokenizer, path: Path) -> None:
+    """Save the policy in Hugging Face format (safetensors), its tokenizer, and the value head beside it."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    policy.lm.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    if getattr(policy, "value_head", None) is not None:
+        state = {k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}
+        save_file(state, str(path / "value_head.safetensors"))
