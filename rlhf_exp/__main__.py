@@ -8,6 +8,7 @@ Examples::
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_exp.config import CONFIG_DIR, OFFLINE, validate
+from rlhf_exp.distributed import hydra_overrides_for_rank, launcher_rank, shared_output_dir
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -53,6 +55,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     acc = make_accelerator(cfg)
     is_main = acc.is_main_process
+    output_dir = shared_output_dir(acc, output_dir)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(resolved), output_dir / "config_resolved.yaml")
@@ -79,11 +82,17 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     summary = run(cfg)
+    if launcher_rank() > 0:  # the scratch folder Hydra made for this rank (see hydra_overrides_for_rank)
+        import shutil
+
+        shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
     # The return value is what sweepers (Optuna) optimise.
     return float(summary.get("eval/reward_mean_end", float("nan")))
 
 
 def main() -> None:
+    # Under torchrun/accelerate every rank runs this; only rank 0 lets Hydra create the run folder.
+    sys.argv.extend(hydra_overrides_for_rank(launcher_rank()))
     _hydra_main()
 
 

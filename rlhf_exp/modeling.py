@@ -165,6 +165,8 @@ class PolicyModel(nn.Module):
         super().__init__()
         self.lm = lm
         self.value_head = ValueHead(hidden_size_of(lm)) if value_head else None
+        # FSDP's transformer-based wrapping looks for the block classes here.
+        self._no_split_modules = getattr(lm, "_no_split_modules", None)
 
     def forward(
         self,
@@ -229,6 +231,41 @@ def score_responses(
     logprobs = logprobs_from_logits(logits, response_ids)
     entropy = entropy_from_logits(logits) if return_entropy else None
     return ResponseOutput(logprobs=logprobs, entropy=entropy, values=values, logits=logits if return_logits else None)
+
+
+def apply_lora(lm: nn.Module, lora_cfg) -> nn.Module:
+    """Wrap ``lm`` with LoRA adapters (peft); only the adapters train.
+
+    ``lora_cfg``: ``r`` (rank), ``alpha``, ``dropout`` (keep 0: the sampler must be the policy scored),
+    ``target_modules`` (``all-linear`` or a list of module names).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    target = lora_cfg.get("target_modules", "all-linear")
+    target = target if isinstance(target, str) else list(target)
+    cfg = LoraConfig(r=int(lora_cfg["r"]), lora_alpha=float(lora_cfg.get("alpha", 2 * int(lora_cfg["r"]))),
+                     lora_dropout=float(lora_cfg.get("dropout", 0.0)), target_modules=target, task_type="CAUSAL_LM")
+    return get_peft_model(lm, cfg)
+
+
+def is_peft_model(lm: nn.Module) -> bool:
+    return hasattr(lm, "disable_adapter") and hasattr(lm, "peft_config")
+
+
+class AdapterDisabledReference(nn.Module):
+    """The reference policy of a LoRA run: the same network with its adapters switched off, not a second copy.
+
+    Forwards like :class:`PolicyModel` (no values), always without gradient.
+    """
+
+    def __init__(self, policy: PolicyModel):
+        super().__init__()
+        object.__setattr__(self, "_policy", policy)  # not a submodule: its parameters belong to the policy
+
+    def forward(self, input_ids, attention_mask, response_len, temperature=1.0, return_values=False):
+        with torch.no_grad(), self._policy.lm.disable_adapter():
+            logits, _ = self._policy(input_ids, attention_mask, response_len, temperature, return_values=False)
+        return logits, None
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

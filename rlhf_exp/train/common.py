@@ -47,7 +47,13 @@ def make_accelerator(cfg):
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA device is visible; use device=auto or device=cpu.")
     mp = str(cfg.train.get("mixed_precision", "no"))
-    return Accelerator(cpu=(device == "cpu"), mixed_precision=mp)
+    acc = Accelerator(cpu=(device == "cpu"), mixed_precision=mp)
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is not None:  # DeepSpeed wants the batch geometry up front; there is no dataloader to infer it from
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(cfg.train.mini_batch_size)
+        plugin.deepspeed_config["gradient_accumulation_steps"] = 1
+        plugin.deepspeed_config["gradient_clipping"] = float(cfg.train.max_grad_norm)
+    return acc
 
 
 class RunningMoments:
@@ -83,13 +89,24 @@ class RunningMoments:
         self.count = new_count
 
 
-def save_policy(policy, tokenizer, path: Path) -> None:
-    """Save the policy in Hugging Face format (safetensors), its tokenizer, and the value head beside it."""
+def save_policy(policy, tokenizer, path: Path, merge_lora: bool = True) -> None:
+    """Save the policy in Hugging Face format (safetensors), its tokenizer, and the value head beside it.
+
+    A LoRA policy is saved merged into its base model (loadable like any model) unless ``merge_lora`` is false, in
+    which case only the adapter is written (peft format).
+    """
+    import copy
+
     from safetensors.torch import save_file
+
+    from rlhf_exp.modeling import is_peft_model
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    policy.lm.save_pretrained(path, safe_serialization=True)
+    lm = policy.lm
+    if is_peft_model(lm) and merge_lora:
+        lm = copy.deepcopy(lm).merge_and_unload()
+    lm.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     if getattr(policy, "value_head", None) is not None:
         state = {k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}

@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 from rlhf_exp.core.kl import full_kl_from_logits, make_kl_controller, per_token_kl
 from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt, PromptSampler, load_prompt_data
+from rlhf_exp.distributed import mean_over_ranks, model_for_generation
 from rlhf_exp.metrics import distinct_n
 from rlhf_exp.modeling import (
-    PolicyModel, frozen_copy, load_causal_lm, load_tokenizer, score_responses,
+    AdapterDisabledReference, PolicyModel, apply_lora, frozen_copy, load_causal_lm, load_tokenizer, score_responses,
 )
 from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
@@ -71,9 +72,18 @@ class OnlineTrainer:
         self.pad_id = self.tokenizer.pad_token_id
         lm = load_causal_lm(mcfg.path, "model.path", mcfg.get("dtype"))
         if mcfg.get("gradient_checkpointing"):
-            lm.gradient_checkpointing_enable()
-        self.ref = frozen_copy(PolicyModel(lm, value_head=False)).to(self.device)
-        policy = PolicyModel(lm, value_head=self.objective.needs_value)
+            kwargs = {"use_reentrant": False}
+            if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x
+                lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        lora = mcfg.get("lora") or {}
+        if int(lora.get("r") or 0) > 0:
+            policy = PolicyModel(apply_lora(lm, lora), value_head=self.objective.needs_value).to(self.device)
+            self.ref = AdapterDisabledReference(policy)
+        else:
+            self.ref = frozen_copy(PolicyModel(lm, value_head=False)).to(self.device)
+            policy = PolicyModel(lm, value_head=self.objective.needs_value)
         self.reward = build_reward_model(cfg.reward_model).to(self.device)
         self.reward.bind_policy_tokenizer(self.tokenizer)
 
@@ -166,8 +176,9 @@ class OnlineTrainer:
         self.policy.eval()
         prompt_ids, prompt_mask = pad_left([p.ids for p in prompts], self.pad_id, self.device)
         t0 = time.perf_counter()
-        response_ids, response_mask = generate(self.unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths,
-                                               self.eos_id, self.pad_id)
+        with model_for_generation(self.acc, self.policy) as unwrapped:
+            response_ids, response_mask = generate(unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths,
+                                                   self.eos_id, self.pad_id)
         gen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         completion_ids = [ids[m.bool()].tolist() for ids, m in zip(response_ids.cpu(), response_mask.cpu())]
@@ -261,7 +272,7 @@ class OnlineTrainer:
                         f"reward.clip, reward.normalize=true), or use bf16 instead of fp16.")
                 self.acc.backward(loss)
                 grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), tcfg.max_grad_norm)
-                if not torch.isfinite(torch.as_tensor(grad_norm)):
+                if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
                     raise NonFiniteLossError(
                         f"Non-finite gradient norm at step {step}, epoch {epoch}, minibatch {mb_i}; the update was "
                         f"not applied. Lower train.lr (now {tcfg.lr}) or check the reward scale.")
@@ -270,7 +281,8 @@ class OnlineTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 for k, v in stats.items():
                     mstats[k].append(float(v))
-                mstats["grad_norm"].append(float(grad_norm))
+                if grad_norm is not None:  # DeepSpeed reports it only after its first step
+                    mstats["grad_norm"].append(float(grad_norm))
         update_s = time.perf_counter() - t_up
 
         # ---- KL control and metrics (over the global batch)
@@ -300,7 +312,7 @@ class OnlineTrainer:
         m.update({"perf/gen_s": info["gen_s"], "perf/score_s": info["score_s"], "perf/update_s": update_s,
                   "perf/step_s": step_s, "perf/samples_per_s": tcfg.batch_size / step_s,
                   "perf/tokens_per_s": float(fmask.sum()) * self.world / step_s})
-        return m
+        return mean_over_ranks(self.acc, m)
 
     # ------------------------------------------------------------------------------------------ eval
     @torch.no_grad()
@@ -338,13 +350,16 @@ class OnlineTrainer:
         for k, v in extras.items():
             m[f"eval/reward/{k}"] = self._global_mean(cat(v))
         words = [c.split() for c in completions]
-        # distinct-n is a per-process statistic under several processes (it does not reduce exactly).
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            words = gather_object(words)
         m["eval/distinct_1"] = distinct_n(words, 1)
         m["eval/distinct_2"] = distinct_n(words, 2)
         n = int(ecfg.num_samples_to_log)
         if n and self.is_main:
             self.tracker.log_samples(step, prompt_texts[:n], completions[:n], cat(scores)[:n].tolist())
-        return m
+        return mean_over_ranks(self.acc, m)
 
     # ------------------------------------------------------------------------------------------ run
     def _record(self, metrics: Mapping[str, float], step: int) -> None:
@@ -388,7 +403,8 @@ class OnlineTrainer:
             if key in self.history:
                 summary[f"{key}_end"] = self.history[key][-1][1]
         if self.is_main and self.cfg.train.save_model:
-            save_policy(self.unwrapped, self.tokenizer, self.output_dir / "policy")
+            save_policy(self.unwrapped, self.tokenizer, self.output_dir / "policy",
+                        merge_lora=(self.cfg.model.get("lora") or {}).get("save", "merged") == "merged")
             summary["policy_dir"] = str(self.output_dir / "policy")
         self.tracker.summary(summary)
         return summary
