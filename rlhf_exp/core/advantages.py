@@ -181,3 +181,35 @@ class MovingAverageBaseline:
         b = batch_mean if self.value is None else self.value
         self.value = batch_mean if self.value is None else self.decay * self.value + (1 - self.decay) * batch_mean
         return b
+
+
+def preprocess_scores(
+    scores: torch.Tensor, scale: float = 1.0, clip: float | None = None, mean: float = 0.0, std: float = 1.0,
+    token_scores: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The loop's reward preprocessing (the ``reward:`` config block): normalise, scale, clip.
+
+    ``x' = clip((x - mean) / std * scale, -clip, clip)``; ``mean = 0, std = 1`` when normalisation is off (the loop
+    passes its running moments otherwise). Per-token task rewards get the same affine map on their sequence total:
+    each token is multiplied by ``scale / std`` and ``-mean * scale / std`` is added on the last real token, so
+    ``sum_t x'_t = (sum_t x_t - mean) / std * scale``; then each token reward is clipped.
+
+    Args:
+        scores: ``(B,)`` sequence scores.
+        token_scores: optional ``(B, T)`` per-token task rewards; mask: ``(B, T)`` (needed with them).
+    Returns:
+        ``(scores', token_scores' or None)``.
+    """
+    a = float(scale) / float(std)
+    x = (scores.float() - mean) * a
+    ts = None
+    if token_scores is not None:
+        if mask is None:
+            raise ValueError("preprocess_scores: per-token scores need the response mask.")
+        m = mask.to(torch.float32)
+        ts = token_scores.float() * a * m - place_on_last_token(torch.full_like(x, mean * a), mask) * m
+    if clip is not None:
+        x = x.clamp(-float(clip), float(clip))
+        if ts is not None:
+            ts = ts.clamp(-float(clip), float(clip)) * m
+    return x, ts

@@ -22,11 +22,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from rlhf_exp.core.advantages import preprocess_scores
 from rlhf_exp.core.kl import full_kl_from_logits, make_kl_controller, per_token_kl
 from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt, PromptSampler, load_prompt_data
 from rlhf_exp.distributed import mean_over_ranks, model_for_generation
-from rlhf_exp.metrics import distinct_n
+from rlhf_exp.metrics import ends_with_eos, text_monitors
 from rlhf_exp.modeling import (
     AdapterDisabledReference, PolicyModel, apply_lora, frozen_copy, load_causal_lm, load_tokenizer, score_responses,
 )
@@ -207,20 +208,38 @@ class OnlineTrainer:
                 ts = torch.nn.functional.pad(ts, (0, T - ts.shape[1]))
             batch["token_scores"] = ts[:, :T] * response_mask
         info = {"prompts": prompt_texts, "completions": completions, "extras": reward_out.extras, "gen_s": gen_s,
-                "score_s": time.perf_counter() - t0}
+                "score_s": time.perf_counter() - t0,
+                "ends_with_eos": ends_with_eos(response_ids, response_mask, self.eos_id)}
         return batch, info
 
-    def _preprocess_scores(self, raw: torch.Tensor) -> torch.Tensor:
-        """The loop's reward preprocessing, in one place: running normalisation, then scale, then clip."""
+    def _preprocess_scores(self, raw: torch.Tensor, token_scores: Optional[torch.Tensor] = None,
+                           mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The loop's reward preprocessing, in one place: running normalisation, then scale, then clip.
+
+        The running moments are those of the sequence scores, or of the per-token scores' sequence totals when the
+        reward gives per-token scores (see :func:`rlhf_exp.core.advantages.preprocess_scores`).
+        """
         rcfg = self.cfg.reward
-        x = raw.float()
+        mean, std = 0.0, 1.0
         if self.reward_moments is not None:
-            self.reward_moments.update(x, self.reduce)
-            x = (x - self.reward_moments.mean) / max(self.reward_moments.std, 1e-6)
-        x = x * float(rcfg.scale)
-        if rcfg.clip is not None:
-            x = x.clamp(-float(rcfg.clip), float(rcfg.clip))
-        return x
+            total = raw if token_scores is None else (token_scores * mask).sum(dim=1)
+            self.reward_moments.update(total.float(), self.reduce)
+            mean, std = self.reward_moments.mean, max(self.reward_moments.std, 1e-6)
+        return preprocess_scores(raw, float(rcfg.scale), rcfg.clip, mean, std, token_scores, mask)
+
+    def _completion_monitors(self, prefix: str, completions: list[str], eos_ended: torch.Tensor) -> dict[str, float]:
+        """Reward-hacking monitors of a batch (see :mod:`rlhf_exp.metrics`), for train and eval alike.
+
+        ``distinct_1``, ``distinct_2``, ``repetition_rate`` (over the completions of all processes) and
+        ``truncated_frac``, the share of responses cut at their length limit (not ending with EOS).
+        """
+        if self.world > 1:  # the text statistics over the global batch: the same value on every rank
+            from accelerate.utils import gather_object
+
+            completions = gather_object(list(completions))
+        m = {f"{prefix}/{k}": v for k, v in text_monitors(completions).items()}
+        m[f"{prefix}/truncated_frac"] = 1.0 - self._global_mean(eos_ended.float())
+        return m
 
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict[str, float]:
@@ -238,7 +257,9 @@ class OnlineTrainer:
             full = None
         log_ratio = batch["old_logprobs"] - batch["ref_logprobs"]
         batch["kl"] = per_token_kl(self.objective.kl_estimator, batch["old_logprobs"], batch["ref_logprobs"], full)
-        batch["scores"] = self._preprocess_scores(batch["raw_scores"])
+        batch["scores"], token_scores = self._preprocess_scores(batch["raw_scores"], batch.get("token_scores"), fmask)
+        if token_scores is not None:
+            batch["token_scores"] = token_scores
         batch["group_ids"] = torch.arange(len(prompts), device=self.device) // G + self.rank * (self.local_batch // G)
         kl_coef = self.kl_ctl.value
         adv_stats = self.objective.compute_advantages(batch, kl_coef, self.reduce)
@@ -304,6 +325,7 @@ class OnlineTrainer:
             m["train/reward_processed_mean"] = self._global_mean(batch["scores"])
         for k, v in info["extras"].items():
             m[f"train/reward/{k}"] = self._global_mean(v.to(self.device))
+        m.update(self._completion_monitors("train", info["completions"], info["ends_with_eos"]))
         for k, v in adv_stats.items():
             m[f"train/{k}"] = float(v)
         for k, v in mstats.items():
@@ -321,7 +343,7 @@ class OnlineTrainer:
         ecfg = self.cfg.eval
         prompts = self.eval_prompts[self.rank::self.world]
         lengths = self.eval_lengths[self.rank::self.world]
-        scores, kls, kls_k1, lens, completions, prompt_texts = [], [], [], [], [], []
+        scores, kls, kls_k1, lens, completions, prompt_texts, eos_ended = [], [], [], [], [], [], []
         extras: dict[str, list[torch.Tensor]] = defaultdict(list)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -338,6 +360,7 @@ class OnlineTrainer:
                 for k, v in info["extras"].items():
                     extras[k].append(v.to(self.device))
                 completions += info["completions"]
+                eos_ended.append(info["ends_with_eos"])
                 prompt_texts += info["prompts"]
         cat = torch.cat
         m = {
@@ -349,13 +372,7 @@ class OnlineTrainer:
         }
         for k, v in extras.items():
             m[f"eval/reward/{k}"] = self._global_mean(cat(v))
-        words = [c.split() for c in completions]
-        if self.world > 1:
-            from accelerate.utils import gather_object
-
-            words = gather_object(words)
-        m["eval/distinct_1"] = distinct_n(words, 1)
-        m["eval/distinct_2"] = distinct_n(words, 2)
+        m.update(self._completion_monitors("eval", completions, cat(eos_ended)))
         n = int(ecfg.num_samples_to_log)
         if n and self.is_main:
             self.tracker.log_samples(step, prompt_texts[:n], completions[:n], cat(scores)[:n].tolist())
