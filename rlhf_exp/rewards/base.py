@@ -6,6 +6,7 @@ that the loop logs beside the reward (the positive-class probability of a classi
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -38,8 +39,8 @@ def to_score_tensor(name: str, values: Any, n: int, what: str = "scores") -> tor
         except TypeError:
             raise RewardError(f"Reward {name!r} returned {type(values).__name__} for its {what}; expected a list or "
                               f"tensor of {n} numbers.") from None
-        bad = [(i, v) for i, v in enumerate(seq) if isinstance(v, bool) or not isinstance(v, (int, float)) and not (
-            isinstance(v, torch.Tensor) and v.numel() == 1)]
+        bad = [(i, v) for i, v in enumerate(seq) if isinstance(v, bool) or not isinstance(v, numbers.Real) and not (
+            isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype == torch.bool)]
         if bad:
             i, v = bad[0]
             raise RewardError(f"Reward {name!r} returned a non-numeric value at index {i}: {v!r} "

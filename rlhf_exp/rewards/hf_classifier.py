@@ -2,6 +2,12 @@
 
 The policy's text is re-tokenised with the classifier's own tokenizer. The score is the chosen label's raw logit
 (the convention of the TRL IMDb example), its probability, or its log-probability.
+
+Padding and truncation: batches are padded on the right (a GPT-2 classifier has absolute position embeddings and no
+position ids are passed, so left padding would shift its positions; BERT-style models expect right padding too), and
+texts longer than ``max_length`` classifier tokens lose their *beginning* by default (``truncation_side=left``), so
+the completion the policy wrote is always what the classifier sees. ``truncation_side=right`` keeps the beginning
+(the prompt), as the classifier's own training usually did; then a long prompt can hide the completion entirely.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from rlhf_exp.rewards.base import RewardError, RewardModel, RewardOutput
 
 OUTPUTS = ("logit", "prob", "log_prob")
 INPUTS = ("prompt+completion", "completion")
+SIDES = ("left", "right")
 
 
 class HFClassifierReward(RewardModel):
@@ -25,6 +32,7 @@ class HFClassifierReward(RewardModel):
         output: ``logit`` | ``prob`` | ``log_prob``.
         input: score ``prompt+completion`` (the IMDb convention) or the ``completion`` alone.
         batch_size, max_length: scoring batch size and truncation length (classifier tokens).
+        truncation_side: ``left`` (drop the beginning of long texts, keep the completion) or ``right``.
         per_token: also return per-token rewards: the change of the score as each response token is added,
             ``r_t = s(prompt + y_<=t) - s(prompt + y_<t)``, so that ``sum_t r_t = s(prompt + y) - s(prompt)``. Needs
             the policy tokenizer and ``completion_ids`` (the loop passes both).
@@ -33,16 +41,22 @@ class HFClassifierReward(RewardModel):
 
     def __init__(self, path: str, label: str | int = "POSITIVE", output: str = "logit",
                  input: str = "prompt+completion", batch_size: int = 64, max_length: int = 512,
-                 name: str = "classifier", option: str = "reward_model.path", per_token: bool = False):
+                 name: str = "classifier", option: str = "reward_model.path", per_token: bool = False,
+                 truncation_side: str = "left"):
         from transformers import AutoModelForSequenceClassification
 
+        prefix = option.rsplit(".", 1)[0]  # reward_model, or reward_model.parts.<name> inside a composite
+        self.prefix = prefix
         if output not in OUTPUTS:
-            raise ValueError(f"reward_model.output={output!r} is not one of {', '.join(OUTPUTS)}.")
+            raise ValueError(f"{prefix}.output={output!r} is not one of {', '.join(OUTPUTS)}.")
         if input not in INPUTS:
-            raise ValueError(f"reward_model.input={input!r} is not one of {', '.join(INPUTS)}.")
+            raise ValueError(f"{prefix}.input={input!r} is not one of {', '.join(INPUTS)}.")
+        if truncation_side not in SIDES:
+            raise ValueError(f"{prefix}.truncation_side={truncation_side!r} is not one of {', '.join(SIDES)}.")
         resolved = resolve_pretrained(path, option)
         self.name = name
         self.tokenizer = load_tokenizer(resolved, option=option, padding_side="right")
+        self.tokenizer.truncation_side = truncation_side
         self.model = disable_dropout(AutoModelForSequenceClassification.from_pretrained(resolved)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -62,12 +76,12 @@ class HFClassifierReward(RewardModel):
         if isinstance(label, int) or (isinstance(label, str) and label.lstrip("-").isdigit()):
             idx = int(label)
             if not -n <= idx < n:
-                raise ValueError(f"reward_model.label={label} is out of range for a classifier with {n} labels.")
+                raise ValueError(f"{self.prefix}.label={label} is out of range for a classifier with {n} labels.")
             return idx % n
         for idx, name in id2label.items():
             if name.lower() == str(label).lower():
                 return idx
-        raise ValueError(f"reward_model.label={label!r} is not a label of this classifier. Its labels: "
+        raise ValueError(f"{self.prefix}.label={label!r} is not a label of this classifier. Its labels: "
                          f"{', '.join(f'{i}={v}' for i, v in sorted(id2label.items()))}.")
 
     def to(self, device: torch.device | str) -> "HFClassifierReward":
