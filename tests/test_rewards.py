@@ -198,10 +198,21 @@ def test_shipped_functions_known_values():
         regex_match(["a"], pattern="a", flags="q")
 
 
+@pytest.mark.parametrize("fn", [target_length, repetition_penalty, regex_match])
+def test_shipped_functions_accept_trls_call(fn):
+    """trl 1.16's GRPOTrainer._calculate_rewards calls reward functions with exactly these keyword arguments."""
+    trl_kwargs = dict(prompts=["p", "q"], completions=["a b a b", "c."], completion_ids=[[1, 2, 1, 2], [3, 4]],
+                      label=[0, 1], trainer_state=object(), log_extra=lambda *a: None, log_metric=lambda *a: None)
+    out = fn(**trl_kwargs)
+    assert len(out) == 2 and all(isinstance(v, float) for v in out)
+
+
 def test_function_config_shipped_default_and_errors():
-    cfg = reward_cfg("function", "generation.max_new_tokens=16")
+    cfg = reward_cfg("function")  # target_length with its defaults: target=16 tokens
     r = build_reward_model(cfg)
     assert r([""] * 2, ["x", "y"], completion_ids=[[1] * 16, [1] * 4]).scores.tolist() == [0.0, -0.75]
+    r = build_reward_model(reward_cfg("function", "+reward_model.kwargs.target=4", "+reward_model.kwargs.unit=words"))
+    assert r([""] * 2, ["a b c d", "a b"]).scores.tolist() == [0.0, -0.5]
     with pytest.raises(ValueError, match="reward_model.fn is not set"):
         build_reward_model(reward_cfg("function", "reward_model.fn=null"))
     with pytest.raises(ValueError, match="unknown option\\(s\\) targte"):
@@ -313,10 +324,10 @@ def test_classifier_truncation_keeps_the_completion_by_default():
     good, bad = " it was great, wonderful", " it was awful, terrible"
     left = build_reward_model(reward_cfg("tiny_sentiment", "reward_model.max_length=8"))
     right = build_reward_model(reward_cfg("tiny_sentiment", "reward_model.max_length=8",
-                                          "+reward_model.truncation_side=right"))
+                                          "reward_model.truncation_side=right"))
     s_left = left([prompt, prompt], [good, bad]).scores
     s_right = right([prompt, prompt], [good, bad]).scores
     assert s_left[0] - s_left[1] > 1.0            # the completion decides the score
     assert s_right[0] == s_right[1]               # the completion was cut away entirely
     with pytest.raises(ValueError, match="reward_model.truncation_side='middle'"):
-        build_reward_model(reward_cfg("tiny_sentiment", "+reward_model.truncation_side=middle"))
+        build_reward_model(reward_cfg("tiny_sentiment", "reward_model.truncation_side=middle"))

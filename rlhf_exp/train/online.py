@@ -71,6 +71,9 @@ class OnlineTrainer:
                                         else "model.path")
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
+        # the reward before the policy, so that a reward that cannot load fails before the policy is loaded
+        self.reward = build_reward_model(cfg.reward_model).to(self.device)
+        self.reward.bind_policy_tokenizer(self.tokenizer)
         lm = load_causal_lm(mcfg.path, "model.path", mcfg.get("dtype"))
         if mcfg.get("gradient_checkpointing"):
             kwargs = {"use_reentrant": False}
@@ -85,8 +88,6 @@ class OnlineTrainer:
         else:
             self.ref = frozen_copy(PolicyModel(lm, value_head=False)).to(self.device)
             policy = PolicyModel(lm, value_head=self.objective.needs_value)
-        self.reward = build_reward_model(cfg.reward_model).to(self.device)
-        self.reward.bind_policy_tokenizer(self.tokenizer)
 
         data = load_prompt_data(cfg.dataset, self.tokenizer)
         self.sampler = PromptSampler(data.train, seed=cfg.seed + 1000 * self.rank)
