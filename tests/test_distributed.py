@@ -92,7 +92,8 @@ def test_torchrun_two_processes_one_folder_one_metrics_file(tmp_path):
     single = [json.loads(line) for line in open(tmp_path / "single" / "metrics.jsonl")]
     assert [r["step"] for r in ddp] == [0, 1, 2]
     # Greedy evaluation of the untouched policy: the same prompts split over two ranks give the same global means.
-    for key in ("eval/reward_mean", "eval/distinct_2", "eval/response_length"):
+    for key in ("eval/reward_mean", "eval/distinct_2", "eval/response_length", "eval/distinct_1", "eval/repetition_rate",
+                "eval/truncated_frac"):
         assert ddp[0][key] == pytest.approx(single[0][key], abs=1e-4), key
     assert ddp[0]["eval/kl"] == pytest.approx(0.0, abs=1e-6)
 
