@@ -195,3 +195,19 @@ def test_objective_defaults_follow_convention():
         build_online_objective({"name": "grpo", "group_size": 1}, kl)
     with pytest.raises(ValueError, match="Valid:"):
         build_online_objective({"name": "nope"}, kl)
+
+
+def test_reinforce_pp_group_baseline_applies_to_token_rewards_too():
+    """The group baseline removes each group's mean total task reward, whether it comes as a sequence score or as
+    per-token rewards (then on the last token)."""
+    obj = build_online_objective({"name": "reinforce_pp", "group_size": 2, "group_baseline": True},
+                                 {"estimator": "k1", "in_reward": True})
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    seq = {"response_mask": mask, "scores": torch.tensor([1.0, 3.0]), "kl": torch.zeros(2, 3)}
+    tok = {"response_mask": mask, "scores": torch.tensor([1.0, 3.0]), "kl": torch.zeros(2, 3),
+           "token_scores": torch.tensor([[0.5, 0.5, 0.0], [1.0, 1.0, 1.0]])}
+    # sequence: rewards [0, -1 | 0, 0, 1] -> returns [-1, -1 | 1, 1, 1], mean 0.2
+    assert obj.compute_advantages(seq, 0.0)["returns_mean"].item() == pytest.approx(0.2)
+    # per token: totals 1 and 3, baseline 2 on the last token: rewards [0.5, -1.5 | 1, 1, -1]
+    # -> returns [-1, -1.5 | 1, 0, -1], mean -0.5 (without the baseline it would be 1.5)
+    assert obj.compute_advantages(tok, 0.0)["returns_mean"].item() == pytest.approx(-0.5)

@@ -7,7 +7,9 @@ subtracts each prompt group's mean score (the "REINFORCE++-baseline" variant, wi
 """
 from __future__ import annotations
 
-from rlhf_exp.core.advantages import discounted_returns, group_view, kl_shaped_token_rewards, whiten_advantages
+from rlhf_exp.core.advantages import (
+    discounted_returns, group_view, kl_shaped_token_rewards, place_on_last_token, whiten_advantages,
+)
 from rlhf_exp.core.losses import clipped_policy_loss
 from rlhf_exp.core.masked import Reduce, masked_mean
 from rlhf_exp.modeling import ResponseOutput
@@ -31,12 +33,18 @@ class ReinforcePP(OnlineObjective):
 
     def compute_advantages(self, batch: Batch, kl_coef: float, reduce: Reduce = None) -> Stats:
         mask = batch["response_mask"]
-        scores = batch["scores"]
+        scores, token_scores = batch["scores"], batch.get("token_scores")
         if self.group_baseline:
-            g = group_view(scores, self.group_size)
-            scores = (g - g.mean(dim=1, keepdim=True)).reshape(-1)
-        rewards = kl_shaped_token_rewards(scores, batch["kl"], mask, self.kl_in_reward_coef(kl_coef),
-                                          batch.get("token_scores"))
+            # The baseline is the group mean of each response's total task reward; with per-token rewards it is
+            # subtracted on the last token, where a sequence score would sit.
+            totals = scores if token_scores is None else (token_scores * mask).sum(dim=1)
+            base = group_view(totals, self.group_size).mean(dim=1, keepdim=True)
+            base = base.expand(-1, self.group_size).reshape(-1)
+            if token_scores is None:
+                scores = scores - base
+            else:
+                token_scores = token_scores - place_on_last_token(base, mask)
+        rewards = kl_shaped_token_rewards(scores, batch["kl"], mask, self.kl_in_reward_coef(kl_coef), token_scores)
         returns = discounted_returns(rewards, mask, self.gamma)
         batch["advantages"] = whiten_advantages(returns, mask, reduce=reduce)
         return {"returns_mean": masked_mean(returns, mask)}
