@@ -19,7 +19,15 @@ def _hf_classifier(cfg: Mapping[str, Any]) -> RewardModel:
     )
 
 
-REWARD_KINDS = {"hf_classifier": _hf_classifier}
+def _learned(cfg: Mapping[str, Any]) -> RewardModel:
+    from rlhf_exp.rewards.learned import LearnedReward
+
+    return LearnedReward(path=cfg.get("path"), batch_size=cfg.get("batch_size", 64),
+                         max_length=cfg.get("max_length", 512), name=cfg.get("name", "learned"),
+                         input=cfg.get("input", "prompt+completion"))
+
+
+REWARD_KINDS = {"hf_classifier": _hf_classifier, "learned": _learned}
 
 
 def build_reward_model(cfg: Mapping[str, Any]) -> RewardModel:
