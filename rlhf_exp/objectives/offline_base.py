@@ -51,7 +51,7 @@ class OfflineObjective:
     trains_policy = True           # False for reward modelling: no policy, no reward/KL evaluation
     needs_reference = False        # a frozen copy of the initial policy enters the loss
     needs_value = False            # (asked by the shared rollout; offline objectives have no value head)
-    summary_stats: tuple[str, ...] = ()   # held-out stats whose start/end values go into summary.json
+    summary_stats: tuple[str, ...] = ()   # held-out stats for summary.json (start/end); the first is the loss
 
     def __init__(self, cfg: Mapping[str, Any]):
         self.cfg = cfg

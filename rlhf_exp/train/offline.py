@@ -174,7 +174,7 @@ class OfflineTrainer(PolicyEvaluation):
         tcfg, ecfg = self.cfg.train, self.cfg.eval
         t_start = time.perf_counter()
         self._record(self.evaluate(0), 0)
-        loss_key = f"train/loss/{self.objective.name if self.objective.name != 'reward' else 'bt'}"
+        loss_key = f"train/{self.objective.summary_stats[0]}"      # the objective's loss, for the progress bar
         bar = tqdm(range(1, tcfg.steps + 1), desc=self.objective.name, disable=not self.is_main,
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
         for step in bar:
