@@ -199,7 +199,6 @@ class PromptSampler:
         return out
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Records for the offline objectives
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,9 +228,7 @@ def _tiny_reviews_records(cfg: Mapping[str, Any], fmt: str) -> OfflineData:
     if fmt == "sft":   # whole reviews, as the embedded policy was trained (no prompt)
         return OfflineData(*[[{"prompt": "", "completion": t} for t in reviews.split_data(f"sft_{part}", n, seed)]
                              for part, n in (("train", n_train), ("eval", n_eval))])
-    name = {"preference": "preference", "unpaired": "unpaired"}[fmt]
-    return OfflineData(reviews.split_data(f"{name}_train", n_train, seed), reviews.split_data(f"{name}_eval", n_eval,
-                                                                                                seed))
+    return OfflineData(reviews.split_data(f"{fmt}_train", n_train, seed), reviews.split_data(f"{fmt}_eval", n_eval, seed))
 
 
 def _columns(cfg: Mapping[str, Any]) -> dict[str, Optional[str]]:

@@ -8,6 +8,7 @@ Math: ``rlhf_exp.core.preference.kto_loss`` and ``kto_reference_point``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -56,10 +57,8 @@ class KTO(OfflineObjective):
         ratios = logps - ref_logps
         loss = kto_loss(ratios, desirable, z0, self.beta, self.desirable_weight, self.undesirable_weight).mean()
         stats: Stats = {"loss/kto": loss.detach(), "kl_reference_point": z0}
-        with torch.no_grad():
+        with torch.no_grad():   # NaN when the micro-batch has none of that class (the loop skips it)
             r = self.beta * ratios.detach()
-            if bool(desirable.any()):
-                stats["rewards/desirable"] = r[desirable].mean()
-            if bool((~desirable).any()):
-                stats["rewards/undesirable"] = r[~desirable].mean()
+            stats["rewards/desirable"] = r[desirable].mean() if bool(desirable.any()) else math.nan
+            stats["rewards/undesirable"] = r[~desirable].mean() if bool((~desirable).any()) else math.nan
         return loss, stats

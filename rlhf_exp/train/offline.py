@@ -101,6 +101,15 @@ class OfflineTrainer(PolicyEvaluation):
         self.summary_keys = tuple(f"eval/{k}" for k in obj.summary_stats)
 
     # ------------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _accumulate(sums: dict[str, float], weights: dict[str, float], stats: Mapping[str, Any], w: float) -> None:
+        """Add a micro-batch's stats with weight ``w``; a NaN stat (undefined for this micro-batch, e.g. no
+        desirable example) adds nothing but keeps its key, so every process reduces the same keys."""
+        for k, v in stats.items():
+            v = float(v)
+            sums[k] += 0.0 if math.isnan(v) else v * w
+            weights[k] += 0.0 if math.isnan(v) else w
+
     def _reduce_means(self, sums: Mapping[str, float], weights: Mapping[str, float]) -> dict[str, float]:
         """Weighted means over micro-batches and processes: ``sum_k / weight_k`` for each stat."""
         keys = sorted(sums)
@@ -129,9 +138,7 @@ class OfflineTrainer(PolicyEvaluation):
                     f"Non-finite {obj.name} loss at step {step}, micro-batch {i}; the update was not applied. Lower "
                     f"train.lr (now {tcfg.lr}) or use bf16 instead of fp16.")
             self.acc.backward(loss * (w / total))
-            for k, v in stats.items():
-                sums[k] += float(v) * w
-                wsum[k] += w
+            self._accumulate(sums, wsum, stats, w)
         grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), tcfg.max_grad_norm)
         if not torch.isfinite(torch.as_tensor(grad_norm)):
             raise NonFiniteLossError(f"Non-finite gradient norm at step {step}; the update was not applied. Lower "
@@ -159,9 +166,7 @@ class OfflineTrainer(PolicyEvaluation):
             chunk = items[s:s + self.forward_bs]
             w = self.objective.weight(chunk)
             _, stats = self.objective.loss(self.model, self.ref, chunk, self.ctx)
-            for k, v in stats.items():
-                sums[k] += float(v) * w
-                wsum[k] += w
+            self._accumulate(sums, wsum, stats, w)
         return {f"eval/{k}": v for k, v in self._reduce_means(sums, wsum).items()}
 
     def evaluate(self, step: int) -> dict[str, float]:
