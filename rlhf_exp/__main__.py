@@ -5,6 +5,7 @@ Examples::
     python -m rlhf_exp                                    # objective=ppo kl=adaptive on the embedded task
     python -m rlhf_exp objective=ppo kl=fixed kl.kl_coef=0.05 train.steps=50
     python -m rlhf_exp -m kl.kl_coef=0.01,0.1 seed=0,1    # Hydra multirun sweep
+    python -m rlhf_exp objective=dpo                      # offline objectives: sft | reward | dpo | kto
 """
 from __future__ import annotations
 
@@ -49,9 +50,11 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     output_dir = Path(output_dir) if output_dir is not None else _output_dir(cfg)
     seed_everything(int(cfg.seed))
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    Trainer, line = OnlineTrainer, summary_line
     if cfg.objective.kind == OFFLINE:
-        raise NotImplementedError(f"objective={cfg.objective.name} is an offline objective; offline objectives are "
-                                  f"not available yet.")
+        from rlhf_exp.train.offline import OfflineTrainer, offline_summary_line
+
+        Trainer, line = OfflineTrainer, offline_summary_line
     t0 = time.perf_counter()
     acc = make_accelerator(cfg)
     is_main = acc.is_main_process
@@ -62,7 +65,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     tracker = Tracker(output_dir, cfg.logger, resolved, _run_name(cfg), enabled=is_main)
     trainer = None
     try:
-        trainer = OnlineTrainer(cfg, output_dir, tracker, acc)
+        trainer = Trainer(cfg, output_dir, tracker, acc)
         summary = trainer.train()
     except BaseException as e:
         if trainer is not None:
@@ -74,7 +77,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
         raise
     tracker.close()
     if is_main:
-        print(summary_line(summary), flush=True)
+        print(line(summary), flush=True)
         print(f"[rlhf_exp] run folder: {output_dir}", flush=True)
     return summary
 
@@ -86,8 +89,8 @@ def _hydra_main(cfg: DictConfig) -> float:
         import shutil
 
         shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
-    # The return value is what sweepers (Optuna) optimise.
-    return float(summary.get("eval/reward_mean_end", float("nan")))
+    # The return value is what sweepers (Optuna) optimise (reward modelling: its held-out pairwise accuracy).
+    return float(summary.get("eval/accuracy_end", summary.get("eval/reward_mean_end", float("nan"))))
 
 
 def main() -> None:

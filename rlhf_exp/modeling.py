@@ -268,6 +268,35 @@ class AdapterDisabledReference(nn.Module):
         return logits, None
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (non-reentrant, so it works with frozen inputs and LoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def load_policy(model_cfg, value_head: bool = False) -> PolicyModel:
+    """The policy to train, from the ``model`` config group: ``path``, ``dtype``, ``gradient_checkpointing`` and
+    ``lora`` (``lora.r > 0`` wraps the LM with peft adapters; only they and the value head train)."""
+    lm = load_causal_lm(model_cfg["path"], "model.path", model_cfg.get("dtype"))
+    if model_cfg.get("gradient_checkpointing"):
+        enable_gradient_checkpointing(lm)
+    lora = model_cfg.get("lora") or {}
+    if int(lora.get("r") or 0) > 0:
+        lm = apply_lora(lm, lora)
+    return PolicyModel(lm, value_head=value_head)
+
+
+def reference_of(policy: PolicyModel) -> nn.Module:
+    """The frozen reference policy for ``policy`` as loaded (call before training): with LoRA the same network with
+    its adapters off (no second copy); otherwise a frozen copy of the LM without a value head."""
+    if is_peft_model(policy.lm):
+        return AdapterDisabledReference(policy)
+    return frozen_copy(PolicyModel(policy.lm, value_head=False))
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A detached, frozen copy in eval mode (the reference policy)."""
     ref = copy.deepcopy(model)

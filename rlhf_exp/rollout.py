@@ -51,6 +51,19 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | 
     return ids.to(device), mask.to(device)
 
 
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists. Returns ``ids (B, L)`` and ``mask (B, L)`` (long), L the longest sequence."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
 def sample_lengths(n: int, settings: SamplingSettings, generator: torch.Generator) -> torch.Tensor:
     """Per-sample response length limits, uniform in ``[min_new_tokens, max_new_tokens]``. ``(n,)`` long."""
     return torch.randint(settings.min_new_tokens, settings.max_new_tokens + 1, (n,), generator=generator)

@@ -186,3 +186,25 @@ def clipped_sequence_loss(
         stats = {"ratio_mean": ratio.mean(), "clipfrac": (clipped > unclipped).float().mean(),
                  "approx_kl": (0.5 * log_ratio.pow(2)).mean()}
     return loss, stats
+
+
+IGNORE_INDEX = -100  # label value that takes no loss (prompt and padding positions)
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Supervised next-token cross-entropy where ``labels`` allow it (SFT with the prompt masked).
+
+    One implementation for the SFT objective and for ``python -m rlhf_exp.task.build``.
+
+    Args:
+        logits: ``(B, L - 1, V)``: a causal LM's logits at positions ``0 .. L-2`` of the sequence (they predict
+            tokens ``1 .. L-1``), i.e. ``lm(input_ids).logits[:, :-1]``.
+        labels: ``(B, L)``: the sequence's token ids with ``IGNORE_INDEX`` (-100) at positions that take no loss
+            (prompt tokens and padding). The first position is never predicted.
+        reduction: ``mean`` (over the tokens that take a loss) | ``sum``.
+    Returns:
+        a scalar.
+    """
+    target = labels[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction=reduction)

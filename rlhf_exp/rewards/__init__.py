@@ -1,7 +1,7 @@
 """Rewards: one interface (:class:`RewardModel`), built from the ``reward_model`` config group by ``kind``.
 
 Kinds: ``hf_classifier`` (any ``AutoModelForSequenceClassification``), ``vader`` (lexicon sentiment), ``function``
-(any importable TRL-style reward function), ``composite`` (a weighted sum of any of these). See docs/rewards.md.
+(any importable TRL-style reward function), ``learned`` (a model trained by ``objective=reward``), ``composite`` (a weighted sum of any of these). See docs/rewards.md.
 """
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ def _vader(cfg: Mapping[str, Any], option: str = "reward_model") -> RewardModel:
                        name=cfg.get("name", "vader"), option=option)
 
 
+def _learned(cfg: Mapping[str, Any], option: str = "reward_model") -> RewardModel:
+    from rlhf_exp.rewards.learned import LearnedReward
+
+    _check_keys(cfg, ("path", "input", "batch_size", "max_length"), option)
+    return LearnedReward(path=cfg.get("path"), batch_size=cfg.get("batch_size", 64),
+                         max_length=cfg.get("max_length", 512), name=cfg.get("name", "learned"),
+                         input=cfg.get("input", "prompt+completion"))
+
+
 def _function(cfg: Mapping[str, Any], option: str = "reward_model") -> RewardModel:
     from rlhf_exp.rewards.callable_reward import FunctionReward
 
@@ -82,7 +91,7 @@ def _composite(cfg: Mapping[str, Any], option: str = "reward_model") -> RewardMo
 
 
 REWARD_KINDS: dict[str, Callable[..., RewardModel]] = {"hf_classifier": _hf_classifier}
-REWARD_KINDS.update(vader=_vader, function=_function, composite=_composite)
+REWARD_KINDS.update(vader=_vader, function=_function, composite=_composite, learned=_learned)
 
 
 def build_reward_model(cfg: Mapping[str, Any], option: str = "reward_model") -> RewardModel:

@@ -7,7 +7,8 @@ Writes, under ``--out`` (default ``rlhf_exp/assets/tiny_reviews``), three Huggin
 
 * ``tokenizer/``: byte-level BPE trained on the SFT corpus; ``<|endoftext|>`` is BOS, EOS, UNK and PAD (GPT-2 style).
 * ``policy/``: a tiny ``GPT2LMHeadModel`` trained with next-token loss on reviews, each followed by EOS and with no
-  BOS (RL prompts are bare 2-8-token review prefixes). Its config keeps GPT-2's dropout 0.1 on purpose: the RL loop
+  BOS (RL prompts are bare 2-8-token review prefixes). The loss and batch layout are the SFT objective's
+  (``rlhf_exp.objectives.sft.sft_collate`` + ``rlhf_exp.core.losses.next_token_loss``, with an empty prompt). Its config keeps GPT-2's dropout 0.1 on purpose: the RL loop
   must switch dropout off itself, as it must for ``gpt2``.
 * ``reward/``: a ``GPT2ForSequenceClassification`` (labels NEGATIVE/POSITIVE; the reward is the POSITIVE logit, as
   with ``lvwerra/distilbert-imdb``), initialised from the SFT policy's transformer (the InstructGPT recipe).
@@ -43,8 +44,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # BPE training with one thread: no order effects
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+from rlhf_exp.core.losses import next_token_loss  # noqa: E402
+from rlhf_exp.objectives.sft import sft_collate  # noqa: E402
+from rlhf_exp.rollout import pad_right as pad  # noqa: E402
 from rlhf_exp.task import ASSET_DIR  # noqa: E402
 from rlhf_exp.task import reviews as R  # noqa: E402
 
@@ -116,17 +119,6 @@ def stage(name: str, timings: dict):
     yield
     timings[name] = time.perf_counter() - t0
     print(f"   {name}: {timings[name]:.1f}s", flush=True)
-
-
-def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(ids, mask)``, both ``(B, L)`` with L the longest sequence."""
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 def batch_indices(lengths: Sequence[int], batch_size: int, steps: int, gen: torch.Generator) -> Iterator[list[int]]:
@@ -235,12 +227,11 @@ def train_policy(cfg: BuildConfig, tokenizer, train_ids: list[list[int]], gen: t
 
 
 def lm_loss(model, seqs: list[list[int]], pad_id: int, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over real tokens (the EOS that ends each review included)."""
-    ids, mask = pad(seqs, pad_id)
+    """Next-token cross-entropy over real tokens (the EOS that ends each review included): the SFT objective's
+    batch layout and loss (``objective=sft``) with an empty prompt."""
+    ids, mask, labels = sft_collate([[] for _ in seqs], seqs, pad_id)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
-                           reduction=reduction)
+    return next_token_loss(logits, labels, reduction)
 
 
 @torch.no_grad()

@@ -1,0 +1,64 @@
+"""KTO on unpaired examples (prompt, completion, desirable or not), against a frozen reference.
+
+The reference point ``z0`` (an estimate of KL(policy || reference)) is computed, without gradient, from the
+micro-batch's completions paired with the *previous* example's prompt (TRL's construction), averaged over processes
+and clipped at 0. A micro-batch needs at least 2 examples.
+
+Math: ``rlhf_exp.core.preference.kto_loss`` and ``kto_reference_point``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from rlhf_exp.core.preference import kto_loss, kto_reference_point
+from rlhf_exp.objectives.offline_base import Context, Item, OfflineObjective, Stats, sequence_logprobs
+
+
+class KTO(OfflineObjective):
+    name = "kto"
+    data_format = "unpaired"
+    needs_reference = True
+    summary_stats = ("loss/kto",)
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(cfg)
+        self.beta = float(cfg.get("beta", 0.1))
+        self.desirable_weight = float(cfg.get("desirable_weight", 1.0))
+        self.undesirable_weight = float(cfg.get("undesirable_weight", 1.0))
+        if self.beta <= 0:
+            raise ValueError(f"objective.beta must be > 0, got {self.beta}.")
+
+    def encode(self, records: Sequence[Mapping[str, Any]], tokenizer) -> list[Item]:
+        eos = tokenizer.eos_token_id
+        out = []
+        for r in records:
+            p, c = self.tokenize_pair(tokenizer, r["prompt"], r["completion"], eos)
+            out.append({"prompt_ids": p, "completion_ids": c, "label": bool(r["label"])})
+        return out
+
+    def loss(self, model, ref, items: Sequence[Item], ctx: Context) -> tuple[torch.Tensor, Stats]:
+        B = len(items)
+        if B < 2:
+            raise ValueError("objective=kto needs micro-batches of at least 2 examples (its KL reference point pairs "
+                             "each completion with another example's prompt); raise train.mini_batch_size.")
+        prompts = [it["prompt_ids"] for it in items]
+        completions = [it["completion_ids"] for it in items]
+        shifted = completions[-1:] + completions[:-1]     # example i's prompt with example i-1's completion
+        logps = sequence_logprobs(model, prompts, completions, ctx)
+        with torch.no_grad():
+            kl_logps = sequence_logprobs(model, prompts, shifted, ctx)
+            ref_all = sequence_logprobs(ref, prompts + prompts, completions + shifted, ctx)
+        ref_logps, ref_kl_logps = ref_all[:B], ref_all[B:]
+        z0 = kto_reference_point(kl_logps - ref_kl_logps, ctx.reduce)
+        desirable = torch.tensor([it["label"] for it in items], device=logps.device)
+        ratios = logps - ref_logps
+        loss = kto_loss(ratios, desirable, z0, self.beta, self.desirable_weight, self.undesirable_weight).mean()
+        stats: Stats = {"loss/kto": loss.detach(), "kl_reference_point": z0}
+        with torch.no_grad():   # NaN when the micro-batch has none of that class (the loop skips it)
+            r = self.beta * ratios.detach()
+            stats["rewards/desirable"] = r[desirable].mean() if bool(desirable.any()) else math.nan
+            stats["rewards/undesirable"] = r[~desirable].mean() if bool((~desirable).any()) else math.nan
+        return loss, stats

@@ -1,0 +1,85 @@
+"""Reward modelling: a scalar-head sequence classifier trained with the Bradley-Terry loss on preference pairs.
+
+The model is ``AutoModelForSequenceClassification`` with ``num_labels=1`` initialised from ``model.path`` (the SFT
+policy, as in InstructGPT); its logit is the reward. Texts are ``prompt + completion`` tokenised and padded the way
+``reward_model=learned`` scores them in the online loop, so the held-out pairwise accuracy logged here is the
+accuracy of the reward PPO will see. Saved to ``<run dir>/reward_model``.
+
+Math: ``rlhf_exp.core.preference.bradley_terry_loss`` and ``pairwise_accuracy``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from rlhf_exp.core.preference import bradley_terry_loss, pairwise_accuracy
+from rlhf_exp.modeling import disable_dropout, enable_gradient_checkpointing, resolve_pretrained
+from rlhf_exp.objectives.offline_base import Context, Item, OfflineObjective, Stats
+from rlhf_exp.rollout import pad_right
+
+REWARD_MODEL_DIR = "reward_model"   # where a reward run saves its model, inside the run folder
+
+
+class RewardModelling(OfflineObjective):
+    name = "reward"
+    data_format = "preference"
+    trains_policy = False
+    summary_stats = ("loss/bt", "accuracy")
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(cfg)
+        self.center_coef = float(cfg.get("center_rewards_coefficient") or 0.0)
+        self.use_margin = bool(cfg.get("use_margin", False))
+
+    def build_model(self, model_cfg: Mapping[str, Any]) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging
+
+        path = resolve_pretrained(model_cfg["path"], "model.path")
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()   # the new score head is reported as "newly initialized": expected
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        finally:
+            logging.set_verbosity(verbosity)
+        if int((model_cfg.get("lora") or {}).get("r") or 0) > 0:
+            raise ValueError("objective=reward trains the whole model (a new score head on the LM); model.lora is "
+                             "only for policy training. Set model.lora.r=0.")
+        if model_cfg.get("gradient_checkpointing"):
+            enable_gradient_checkpointing(model)
+        return disable_dropout(model)
+
+    def encode(self, records: Sequence[Mapping[str, Any]], tokenizer) -> list[Item]:
+        # The same call HFClassifierReward makes on prompt + completion at scoring time.
+        def enc(texts):
+            return tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+
+        chosen = enc(r["prompt"] + r["chosen"] for r in records)
+        rejected = enc(r["prompt"] + r["rejected"] for r in records)
+        out = []
+        for r, c, j in zip(records, chosen, rejected):
+            item = {"chosen_ids": c, "rejected_ids": j}
+            if self.use_margin:
+                if "margin" not in r:
+                    raise ValueError("objective.use_margin=true but the dataset has no margin column; set "
+                                     "dataset.columns.margin=<column> or objective.use_margin=false.")
+                item["margin"] = float(r["margin"])
+            out.append(item)
+        return out
+
+    def scores(self, model, seqs: Sequence[list[int]], ctx: Context) -> torch.Tensor:
+        """``(B,)`` scalar scores of right-padded token sequences (the classifier reads the last real token)."""
+        ids, mask = pad_right(seqs, ctx.pad_id, ctx.device)
+        return model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+
+    def loss(self, model, ref, items: Sequence[Item], ctx: Context) -> tuple[torch.Tensor, Stats]:
+        B = len(items)
+        s = self.scores(model, [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in items], ctx)
+        chosen, rejected = s[:B], s[B:]
+        margin = (torch.tensor([it["margin"] for it in items], device=s.device) if self.use_margin else None)
+        loss = bradley_terry_loss(chosen, rejected, margin, self.center_coef)
+        with torch.no_grad():
+            stats = {"loss/bt": loss.detach(), "accuracy": pairwise_accuracy(chosen, rejected),
+                     "margin": (chosen - rejected).mean(), "score_mean": s.mean(), "score_std": s.std()}
+        return loss, stats
