@@ -256,3 +256,21 @@ def test_compare_reads_wandb_public_api_runs(tmp_path):
     assert agg["0.1"]["eval/kl_std"] == pytest.approx(2 ** 0.5)
     assert agg["0.5"]["n"] == 0 and agg["0.5"]["not_finished"] == 1
     assert result["rows"][0]["samples_per_s"] == 20.0
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_trials_and_maximises_the_returned_reward(tmp_path):
+    """Two real Optuna trials: each job's return value (final eval/reward_mean) reaches the study. Slow (two runs
+    and the optuna import in a subprocess: ~30 s alone, minutes on a shared CPU); the plugin's config is composed in
+    the default suite."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep_dir = tmp_path / "optuna"
+    cmd = [sys.executable, "-m", "rlhf_exp", "-m", "sweep=optuna", "hydra.sweeper.n_trials=2", "logger=none",
+           "train.steps=1", *TINY, f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    rewards = [json.loads(p.read_text())["eval/reward_mean_end"] for p in sorted(sweep_dir.glob("*/summary.json"))]
+    assert len(rewards) == 2 and result.best_value == pytest.approx(max(rewards))
+    assert set(result.best_params) == {"train.lr", "kl.kl_coef"}
