@@ -110,7 +110,10 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
             except Exception:  # keep the original error
                 pass
         if is_main:
-            _report_failure(output_dir, cfg, e, partial, time.perf_counter() - t0)
+            try:
+                _report_failure(output_dir, cfg, e, partial, time.perf_counter() - t0)
+            except Exception as report_error:  # keep the original error
+                print(f"[rlhf_exp] could not write the failure summary: {report_error}", file=sys.stderr)
         if tracker is not None:
             tracker.close(failed=True)
         raise

@@ -322,9 +322,13 @@ RUN_HEADER = {"eval/reward_mean": "reward", "eval/kl": "KL (nats/seq)", "wall_s"
               "samples_per_s": "samples/s"}
 
 
+DIGITS = {"wall_s": 0, "samples_per_s": 1}
+
+
 def runs_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     cols = [c for c in rows[0].keys() if c != "path"]  # the path is in runs.csv
-    return markdown_table([RUN_HEADER.get(c, c) for c in cols], [[r[c] for c in cols] for r in rows])
+    body = [[_cell(r[c], DIGITS.get(c, 3)) for c in cols] for r in rows]
+    return markdown_table([RUN_HEADER.get(c, c) for c in cols], body)
 
 
 def aggregated_markdown(aggs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
@@ -336,7 +340,8 @@ def aggregated_markdown(aggs: Sequence[Mapping[str, Any]], keys: Sequence[str]) 
 
     header = ["objective", "kl", *keys, "seeds", "not finished", "reward", "KL (nats/seq)", "wall (s)", "samples/s"]
     body = [[a["objective"], a["kl"], *[a[k] for k in keys], a["n"], a["not_finished"], pm(a, "eval/reward_mean"),
-             pm(a, "eval/kl"), pm(a, "wall_s", 0), pm(a, "samples_per_s", 1)] for a in aggs]
+             pm(a, "eval/kl"), pm(a, "wall_s", DIGITS["wall_s"]), pm(a, "samples_per_s", DIGITS["samples_per_s"])]
+            for a in aggs]
     return markdown_table(header, body)
 
 
@@ -374,6 +379,8 @@ def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], 
     pts = [a for a in aggs if a["n"] > 0 and not math.isnan(a["eval/kl_mean"])]
     colors = _objective_colors(a["objective"] for a in pts)
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    all_x = [a["eval/kl_mean"] for a in pts] + [0.0]
+    x_mid = (min(all_x) + max(all_x)) / 2
     series: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for a in pts:
         series.setdefault((a["objective"], a["kl"]), []).append(a)
@@ -389,13 +396,15 @@ def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], 
             extra = a["label"].split(" ", 2)[2] if a["label"].count(" ") >= 2 else ""
             if extra:
                 extra = extra if len(extra) <= 40 else extra[:39] + "…"
-                note = ax.annotate(extra, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8,
-                                   annotation_clip=False)
+                right_half = x > x_mid  # labels point inwards, so they stay inside the figure
+                note = ax.annotate(extra, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, 6),
+                                   ha="right" if right_half else "left", fontsize=8, annotation_clip=False)
                 note.set_in_layout(False)  # long labels must not squeeze the axes
     start = _mean(float(r.summary.get("eval/reward_mean_start", math.nan)) for r in runs if r.finished)
     if not math.isnan(start):
         ax.plot([0.0], [start], marker="*", color="black", markersize=13, linestyle="none",
                 label="policy before training")
+    ax.margins(x=0.06, y=0.08)
     ax.set_xlabel(KL_LABEL)
     ax.set_ylabel(REWARD_LABEL)
     n_seeds = max((a["n"] for a in pts), default=0)
