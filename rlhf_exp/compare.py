@@ -10,7 +10,8 @@ Usage::
 Writes into ``--out`` (default: ``<the one folder given>/compare``, else ``./compare``):
 
 - ``runs.csv``: one row per run: status, objective, KL controller, the swept overrides (those whose value differs
-  between the runs), final eval/reward_mean and eval/kl, train wall time and mean samples/s;
+  between the runs), final eval/reward_mean and eval/kl, train wall time and samples/s (all samples over all step
+  time, evaluations excluded);
 - ``aggregated.csv``: runs that differ only by ``seed`` grouped, with mean and sample standard deviation;
 - ``frontier.png``: final eval reward against final eval KL, one point per group (error bars: std over seeds);
 - ``curves.png``: eval reward and eval KL over training steps (metrics.jsonl), mean over seeds with a +-std band;
@@ -267,7 +268,9 @@ def run_rows(runs: Sequence[RunRecord], swept: Sequence[str]) -> list[dict[str, 
     for r in runs:
         row: dict[str, Any] = {"run": r.name, "status": r.status, "objective": r.objective, "kl": r.kl}
         row.update({k: r.param(k) for k in swept if k not in GROUP_KEYS})
-        samples_s = _mean(v for _, v in r.history.get("perf/samples_per_s", []))
+        per_step = [v for _, v in r.history.get("perf/samples_per_s", []) if v > 0]
+        # harmonic mean of the per-step rates = all samples / all step time (evaluations excluded)
+        samples_s = len(per_step) / sum(1 / v for v in per_step) if per_step else math.nan
         if math.isnan(samples_s) and r.summary.get("perf/samples_per_s_end") is not None:
             samples_s = float(r.summary["perf/samples_per_s_end"])
         row.update({"eval/reward_mean": _final(r, "eval/reward_mean"), "eval/kl": _final(r, "eval/kl"),
@@ -491,8 +494,9 @@ def compare(runs: Sequence[RunRecord], out: Path, title: str = "rlhf_exp") -> di
     if failed:
         text += ["## Not finished", ""] + [f"- {row['run']}: {row['status']}" for row in failed] + [""]
     text += ["Final values are the last evaluation's (eval/reward_mean, eval/kl: mean per-sequence sum of the exact "
-             "per-token KL to the reference, in nats); wall time is the training loop's; samples/s the mean over "
-             "steps.", "", "![frontier](frontier.png)", "", "![curves](curves.png)", ""]
+             "per-token KL to the reference, in nats); wall time is the training loop's, evaluations included; "
+             "samples/s is training samples over training-step time (evaluations excluded).", "",
+             "![frontier](frontier.png)", "", "![curves](curves.png)", ""]
     report = "\n".join(text)
     (out / "report.md").write_text(report)
     return {"rows": rows, "aggregated": aggs, "swept": swept, "report": report,
@@ -511,6 +515,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.paths) == bool(args.wandb):
         parser.error("give run/sweep folders, or --wandb ENTITY/PROJECT [--group G], not both")
+    try:
+        return _run(args)
+    except (FileNotFoundError, LookupError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.wandb:
         runs = load_wandb_runs(args.wandb, args.group, args.sweep)
         out = Path(args.out or "compare")

@@ -218,12 +218,14 @@ def test_compare_writes_tables_and_readable_plots(tiny_sweep, tmp_path, capsys):
         assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
 
 
-def test_compare_explains_a_folder_without_runs(tmp_path):
+def test_compare_explains_a_folder_without_runs(tmp_path, capsys):
     from rlhf_exp.compare import main
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="No run folder"):
-        main([str(tmp_path / "empty")])
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "No run folder (one with summary.json, metrics.jsonl or .hydra/) under" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
 
 
 def test_compare_reads_wandb_public_api_runs(tmp_path):
