@@ -5,18 +5,20 @@ Examples::
     python -m rlhf_exp                                    # objective=ppo kl=adaptive on the embedded task
     python -m rlhf_exp objective=ppo kl=fixed kl.kl_coef=0.05 train.steps=50
     python -m rlhf_exp -m kl.kl_coef=0.01,0.1 seed=0,1    # Hydra multirun sweep
+    python -m rlhf_exp -m sweep=kl_grid                   # a ready sweep from conf/sweep/ (docs/sweeps.md)
     python -m rlhf_exp objective=dpo                      # offline objectives: sft | reward | dpo | kto
 """
 from __future__ import annotations
 
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlhf_exp.config import CONFIG_DIR, OFFLINE, validate
 from rlhf_exp.distributed import hydra_overrides_for_rank, launcher_rank, shared_output_dir
@@ -39,41 +41,85 @@ def _run_name(cfg: DictConfig) -> str:
     return base
 
 
+def _group_and_tags(cfg: DictConfig) -> None:
+    """Fill ``logger.group`` and ``logger.tags`` for W&B: the jobs of a Hydra multirun share a group named after the
+    sweep folder (unless ``logger.group`` is set), and every run is tagged with its command-line overrides."""
+    from hydra.types import RunMode
+
+    from rlhf_exp.tracking import override_tags, sweep_group
+
+    if not HydraConfig.initialized() or "group" not in cfg.logger:
+        return
+    hc = HydraConfig.get()
+    with open_dict(cfg):
+        if cfg.logger.group is None and hc.mode == RunMode.MULTIRUN:
+            cfg.logger.group = sweep_group(hc.sweep.dir)
+        cfg.logger.tags = override_tags(list(hc.overrides.task), list(cfg.logger.get("tags") or []))
+
+
+def _report_failure(output_dir: Path, cfg: DictConfig, error: BaseException, partial: dict[str, Any],
+                    wall_s: float) -> None:
+    """A failed run still leaves ``summary.json`` (status ``failed: ...``, the error and its traceback) and says so
+    loudly: in a sweep the other jobs go on, and ``python -m rlhf_exp.compare`` lists the failure."""
+    from rlhf_exp.tracking import write_summary
+
+    status = f"failed: {type(error).__name__}: {error}"
+    write_summary(output_dir, {"objective": cfg.objective.get("name"), "kl_controller": cfg.kl.get("controller"),
+                               "wall_s": wall_s, **partial, "status": status,
+                               "traceback": "".join(traceback.format_exception(error))})
+    bar = "!" * 100
+    print(f"\n{bar}\n[rlhf_exp] RUN FAILED: {status}\n[rlhf_exp] run folder: {output_dir} (summary.json has the "
+          f"traceback)\n{bar}\n", file=sys.stderr, flush=True)
+
+
 def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
-    """Run one experiment from a composed config; returns the run summary (also in ``summary.json``)."""
+    """Run one experiment from a composed config; returns the run summary (also in ``summary.json``).
+
+    On an error the run folder gets a ``summary.json`` with ``status: "failed: <error>"`` and the traceback, a banner
+    is printed, and the error is raised again (in a Hydra multirun the next jobs still run; see docs/sweeps.md).
+    """
     from rlhf_exp.tracking import Tracker
     from rlhf_exp.train.common import make_accelerator, quiet_libraries, seed_everything
     from rlhf_exp.train.online import OnlineTrainer, summary_line
 
-    validate(cfg)
-    quiet_libraries()
     output_dir = Path(output_dir) if output_dir is not None else _output_dir(cfg)
-    seed_everything(int(cfg.seed))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    Trainer, line = OnlineTrainer, summary_line
-    if cfg.objective.kind == OFFLINE:
-        from rlhf_exp.train.offline import OfflineTrainer, offline_summary_line
-
-        Trainer, line = OfflineTrainer, offline_summary_line
     t0 = time.perf_counter()
-    acc = make_accelerator(cfg)
-    is_main = acc.is_main_process
-    output_dir = shared_output_dir(acc, output_dir)
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(resolved), output_dir / "config_resolved.yaml")
-    tracker = Tracker(output_dir, cfg.logger, resolved, _run_name(cfg), enabled=is_main)
-    trainer = None
+    is_main = launcher_rank() == 0  # until the accelerator says
+    tracker = trainer = None
     try:
+        validate(cfg)
+        quiet_libraries()
+        seed_everything(int(cfg.seed))
+        _group_and_tags(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        Trainer, line = OnlineTrainer, summary_line
+        if cfg.objective.kind == OFFLINE:
+            from rlhf_exp.train.offline import OfflineTrainer, offline_summary_line
+
+            Trainer, line = OfflineTrainer, offline_summary_line
+        acc = make_accelerator(cfg)
+        is_main = acc.is_main_process
+        output_dir = shared_output_dir(acc, output_dir)
+        if is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(OmegaConf.create(resolved), output_dir / "config_resolved.yaml")
+        tracker = Tracker(output_dir, cfg.logger, resolved, _run_name(cfg), enabled=is_main)
         trainer = Trainer(cfg, output_dir, tracker, acc)
         summary = trainer.train()
     except BaseException as e:
+        partial: dict[str, Any] = {}
         if trainer is not None:
             try:
-                trainer.finish(time.perf_counter() - t0, status=f"failed: {type(e).__name__}: {e}")
+                partial = trainer.finish(time.perf_counter() - t0, status=f"failed: {type(e).__name__}: {e}")
             except Exception:  # keep the original error
                 pass
-        tracker.close(failed=True)
+        if is_main:
+            try:
+                _report_failure(output_dir, cfg, e, partial, time.perf_counter() - t0)
+            except Exception as report_error:  # keep the original error
+                print(f"[rlhf_exp] could not write the failure summary: {report_error}", file=sys.stderr)
+        if tracker is not None:
+            tracker.close(failed=True)
         raise
     tracker.close()
     if is_main:

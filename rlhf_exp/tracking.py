@@ -24,6 +24,43 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def write_summary(output_dir: Path, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``<output_dir>/summary.json`` (non-finite floats made JSON-safe); returns what was written."""
+    clean = {k: _jsonable(v) for k, v in values.items()}
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(output_dir) / "summary.json", "w") as f:
+        json.dump(clean, f, indent=2)
+    return clean
+
+
+WANDB_TAG_MAX = 64  # W&B rejects longer tags
+
+
+def sweep_group(sweep_dir: str, max_len: int = 128) -> str:
+    """The W&B group shared by the jobs of one sweep: its sweep folder, relative to the working directory when
+    inside it (``multirun/2026-11-22/10-00-00``), keeping the last ``max_len`` characters (W&B's limit)."""
+    p = Path(sweep_dir)
+    try:
+        p = p.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return str(p)[-max_len:]
+
+
+def override_tags(overrides: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """W&B tags of a run: ``extra`` (``logger.tags``), then each command-line override ``key=value`` except the
+    logger's own settings and ``run_name``; unique, in order, each cut to W&B's 64 characters."""
+    tags: list[str] = []
+    for t in list(extra) + [o.lstrip("+~") for o in overrides]:
+        key = str(t).split("=", 1)[0]
+        if "=" in str(t) and (key == "run_name" or key == "logger" or key.startswith("logger.")):
+            continue
+        t = str(t)[:WANDB_TAG_MAX]
+        if t and t not in tags:
+            tags.append(t)
+    return tags
+
+
 def wandb_credentials_present() -> bool:
     """True when W&B can log online: an API key in the environment or in ~/.netrc."""
     if os.environ.get("WANDB_API_KEY"):
@@ -83,7 +120,7 @@ class Tracker:
                 mode = "offline"
                 print(f"[rlhf_exp] No W&B credentials found: logging offline to {self.output_dir / 'wandb'} "
                       f"(sync later with `wandb sync`, or run `wandb login` / set WANDB_API_KEY).", flush=True)
-        tags = list(cfg.get("tags") or [])
+        tags = [str(t)[:WANDB_TAG_MAX] for t in cfg.get("tags") or []]
         self._wandb = wandb.init(
             project=cfg.get("project", "rlhf_exp"), entity=cfg.get("entity"), group=cfg.get("group"),
             job_type=cfg.get("job_type"), name=run_name, tags=tags or None, config=dict(run_config),
@@ -118,9 +155,7 @@ class Tracker:
     def summary(self, values: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        clean = {k: _jsonable(v) for k, v in values.items()}
-        with open(self.output_dir / "summary.json", "w") as f:
-            json.dump(clean, f, indent=2)
+        clean = write_summary(self.output_dir, values)
         if self._wandb is not None:
             for k, v in clean.items():
                 self._wandb.summary[k] = v
