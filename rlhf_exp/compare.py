@@ -363,11 +363,19 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 _MARKERS = {"fixed": "o", "adaptive": "s", "none": "^"}
 
 
-def _objective_colors(objectives: Iterable[str]) -> dict[str, Any]:
+def _palette(n: int) -> list[Any]:
+    """``n`` colours, all different up to 20: tab10's ten, then tab20's ten lighter shades (cycling beyond)."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab10"]
-    return {o: cmap(i % 10) for i, o in enumerate(sorted(set(objectives)))}
+    cmap = matplotlib.colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return [cmap(order[i % 20]) for i in range(n)]
+
+
+def _objective_colors(objectives: Iterable[str]) -> dict[str, Any]:
+    """One colour per objective, the same in both plots."""
+    names = sorted(set(objectives))
+    return dict(zip(names, _palette(len(names))))
 
 
 def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], path: Path, title: str) -> None:
@@ -438,10 +446,14 @@ def plot_curves(groups: Sequence[tuple[str, Sequence[RunRecord]]], path: Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cmap = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"]
+    objectives = [members[0].objective if members else "" for _, members in groups]
+    if len(set(objectives)) == len(groups):     # one group per objective: the frontier's colours
+        by_objective = _objective_colors(objectives)
+        colors = [by_objective[o] for o in objectives]
+    else:
+        colors = _palette(len(groups))
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=110)
-    for i, (label, members) in enumerate(groups):
-        color = cmap(i % cmap.N)
+    for color, (label, members) in zip(colors, groups):
         for ax, key in zip(axes, EVAL_KEYS):
             steps, means, stds = _mean_curve(members, key)
             if not steps:
@@ -454,18 +466,16 @@ def plot_curves(groups: Sequence[tuple[str, Sequence[RunRecord]]], path: Path, t
     axes[0].set_ylabel("eval reward (mean reward-model score)")
     axes[1].set_ylabel("eval KL to reference (nats / sequence)")
     for ax in axes:
-        ax.set_xlabel("training step (rollout + update iterations)")
+        ax.set_xlabel("training step (online: rollout + update; offline: optimizer step)")
         ax.grid(alpha=0.3)
     axes[0].set_title("eval reward during training", fontsize=10)
     axes[1].set_title("eval KL to the reference during training", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
-    ncol = 1 if len(labels) <= 4 else 2 if len(labels) <= 12 else 3
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
-    rows_of_legend = math.ceil(len(labels) / ncol) if labels else 0
-    fig.tight_layout(rect=(0, min(0.45, 0.05 + 0.045 * rows_of_legend), 1, 1))
-    fig.savefig(path)
+    fig.tight_layout()
+    if handles:  # to the right of the plots, as long as it needs to be (the saved image grows to hold it)
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -17,7 +17,8 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import asdict
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -28,11 +29,27 @@ from rlhf_exp.distributed import mean_over_ranks, model_for_generation
 from rlhf_exp.metrics import ends_with_eos, text_monitors
 from rlhf_exp.modeling import PolicyModel, score_responses
 from rlhf_exp.rollout import SamplingSettings, generate, pad_left, sample_lengths
-from rlhf_exp.train.common import save_policy
+from rlhf_exp.train.common import make_accelerator, save_policy
 
 
 class PolicyEvaluation:
     """Mixin of the loops that train a policy. See the module docstring."""
+
+    def _init_process(self, cfg, output_dir, tracker, accelerator=None) -> None:
+        """The run's config, folder and tracker, and this process's place in the run: ``acc`` (accelerate),
+        ``device``, ``world`` (processes), ``rank``, ``is_main`` and ``reduce`` (a sum over processes, or None
+        in a single process: what the math layer's global statistics take)."""
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.tracker = tracker
+        self.acc = accelerator if accelerator is not None else make_accelerator(cfg)
+        self.device = self.acc.device
+        self.world = self.acc.num_processes
+        self.rank = self.acc.process_index
+        self.is_main = self.acc.is_main_process
+        self.reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = (
+            (lambda t: self.acc.reduce(t, reduction="sum")) if self.world > 1 else None
+        )
 
     def _init_sampling(self, cfg) -> None:
         """The training sampler (``generation.*``), the evaluation sampler (``eval.do_sample``) and the fixed

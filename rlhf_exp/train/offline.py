@@ -31,7 +31,7 @@ from rlhf_exp.objectives.offline_base import Context
 from rlhf_exp.objectives.reward_modelling import REWARD_MODEL_DIR
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.tracking import Tracker
-from rlhf_exp.train.common import NonFiniteLossError, make_accelerator
+from rlhf_exp.train.common import NonFiniteLossError
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line
 
 
@@ -39,15 +39,7 @@ class OfflineTrainer(PolicyEvaluation):
     """Builds the components from the composed config and runs the loop. See the module docstring."""
 
     def __init__(self, cfg: DictConfig, output_dir: Path, tracker: Tracker, accelerator=None):
-        self.cfg = cfg
-        self.output_dir = Path(output_dir)
-        self.tracker = tracker
-        self.acc = accelerator if accelerator is not None else make_accelerator(cfg)
-        self.device = self.acc.device
-        self.world = self.acc.num_processes
-        self.rank = self.acc.process_index
-        self.is_main = self.acc.is_main_process
-        self.reduce = (lambda t: self.acc.reduce(t, reduction="sum")) if self.world > 1 else None
+        self._init_process(cfg, output_dir, tracker, accelerator)
 
         tcfg = cfg.train
         self.objective = obj = build_offline_objective(cfg.objective)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -31,7 +31,7 @@ from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
-from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, make_accelerator
+from rlhf_exp.train.common import NonFiniteLossError, RunningMoments
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
 
 
@@ -39,17 +39,7 @@ class OnlineTrainer(PolicyEvaluation):
     """Builds the components from the composed config and runs the loop. See the module docstring."""
 
     def __init__(self, cfg: DictConfig, output_dir: Path, tracker: Tracker, accelerator=None):
-        self.cfg = cfg
-        self.output_dir = Path(output_dir)
-        self.tracker = tracker
-        self.acc = accelerator if accelerator is not None else make_accelerator(cfg)
-        self.device = self.acc.device
-        self.world = self.acc.num_processes
-        self.rank = self.acc.process_index
-        self.is_main = self.acc.is_main_process
-        self.reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = (
-            (lambda t: self.acc.reduce(t, reduction="sum")) if self.world > 1 else None
-        )
+        self._init_process(cfg, output_dir, tracker, accelerator)
 
         tcfg = cfg.train
         self.objective = build_online_objective(cfg.objective, cfg.kl, int(cfg.generation.max_new_tokens))
