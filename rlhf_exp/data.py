@@ -15,7 +15,9 @@ Sources (``dataset.kind``):
 
 With ``prompt_min_tokens``/``prompt_max_tokens`` set, each text is cut to a random number of leading tokens in that
 range (the IMDb "review prefix" recipe); otherwise the whole column is the prompt, left-truncated to
-``max_prompt_tokens``.
+``max_prompt_tokens``. With ``chat_template: true`` (instruct models) the cut text becomes the user's turn in the
+tokenizer's chat template, ending with the opening of the assistant's turn; ``Prompt.text`` stays the plain text
+(what rewards and logs see).
 """
 from __future__ import annotations
 
@@ -42,6 +44,23 @@ class PromptData:
     eval: list[Prompt]
 
 
+def chat_prompt_text(tokenizer, text: str) -> str:
+    """``text`` as the user's turn of the tokenizer's chat template, followed by the opening of the assistant's turn
+    (the string the policy continues; tokenise it with ``add_special_tokens=False``)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DatasetError("dataset.chat_template=true, but the policy's tokenizer has no chat template (a base model's "
+                           "usually has none). Set dataset.chat_template=false to use the plain prompt text, or "
+                           "model.tokenizer=<a tokenizer folder with a chat template>.")
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def chat_records(records: Sequence[Mapping[str, Any]], tokenizer) -> list[dict[str, Any]]:
+    """Offline records with each non-empty ``prompt`` put in the chat template (see :func:`chat_prompt_text`)."""
+    return [{**r, "prompt": chat_prompt_text(tokenizer, r["prompt"])} if r.get("prompt") else dict(r)
+            for r in records]
+
+
 def _cut(tokenizer, text: str, rng: random.Random, cfg: Mapping[str, Any]) -> Optional[Prompt]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     lo, hi = cfg.get("prompt_min_tokens"), cfg.get("prompt_max_tokens")
@@ -58,7 +77,10 @@ def _cut(tokenizer, text: str, rng: random.Random, cfg: Mapping[str, Any]) -> Op
             ids = ids[-int(max_tokens):]
     if not ids:
         return None
-    return Prompt(ids=ids, text=tokenizer.decode(ids))
+    text = tokenizer.decode(ids)
+    if cfg.get("chat_template"):
+        ids = tokenizer(chat_prompt_text(tokenizer, text), add_special_tokens=False)["input_ids"]
+    return Prompt(ids=ids, text=text)
 
 
 def _from_texts(tokenizer, rows: Sequence[Mapping[str, Any]], column: str, n: Optional[int], seed: int,

@@ -108,3 +108,47 @@ def test_imdb_config_runs_on_a_local_copy(tmp_path, tiny_gpt2_dir):
     assert summary["status"] == "finished"
     with pytest.raises(DatasetError, match="Columns found: text, label"):
         run(compose(SMALL + ["dataset=imdb", f"dataset.path={d}", "dataset.prompt_column=review"]), tmp_path / "x")
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|endoftext|>assistant:{% endif %}")
+
+
+def test_chat_template_wraps_prompts_for_instruct_models(tiny_gpt2_dir, tmp_path):
+    """dataset.chat_template=true: the policy sees the user's turn in its template and the assistant's opening; the
+    reward and logs see the plain prompt. A tokenizer without a template is a clear error."""
+    from transformers import AutoTokenizer
+
+    from rlhf_exp.data import load_prompt_data
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    cfg = {"kind": "tiny_reviews", "train_size": 4, "eval_size": 4, "prompt_min_tokens": 2, "prompt_max_tokens": 4,
+           "seed": 0}
+    plain = load_prompt_data(cfg, tok)
+    with pytest.raises(DatasetError, match="no chat template"):
+        load_prompt_data({**cfg, "chat_template": True}, tok)
+    tok.chat_template = CHAT_TEMPLATE
+    chat = load_prompt_data({**cfg, "chat_template": True}, tok)
+    for p, c in zip(plain.eval, chat.eval):
+        assert c.text == p.text
+        assert tok.decode(c.ids) == f"<|endoftext|>user: {p.text}\n<|endoftext|>assistant:"
+        assert c.ids.count(tok.eos_token_id) == 2            # the template's special tokens are tokens, not text
+
+    from rlhf_exp.data import chat_records     # offline records (dpo, kto, sft with prompts) get the same wrapping
+    recs = chat_records([{"prompt": "hi", "chosen": "a", "rejected": "b"}, {"prompt": "", "completion": "x"}], tok)
+    assert recs == [{"prompt": "<|endoftext|>user: hi\n<|endoftext|>assistant:", "chosen": "a", "rejected": "b"},
+                    {"prompt": "", "completion": "x"}]
+
+    chat_dir = tmp_path / "chat_model"
+    tok.save_pretrained(chat_dir)
+    load_causal_lm(str(tiny_gpt2_dir)).save_pretrained(chat_dir)
+    for objective in ("ppo", "dpo"):
+        summary = run(compose(SMALL + [f"objective={objective}", "model=gpt2", f"model.path={chat_dir}",
+                                       "dataset.chat_template=true", "train.batch_size=4", "dataset.eval_size=4",
+                                       "dataset.offline_train_size=8", "dataset.offline_eval_size=4", "objective.max_length=60"]
+                              if objective == "dpo" else
+                              SMALL + ["model=gpt2", f"model.path={chat_dir}", "dataset.chat_template=true"]),
+                      tmp_path / objective)
+        assert summary["status"] == "finished"
+        sample = json.loads((tmp_path / objective / "samples.jsonl").read_text().splitlines()[0])
+        assert "assistant:" not in sample["prompt"]

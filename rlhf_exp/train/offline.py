@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from rlhf_exp.core.kl import NoKLController
-from rlhf_exp.data import PromptSampler, load_offline_data, offline_eval_prompts
+from rlhf_exp.data import OfflineData, PromptSampler, chat_records, load_offline_data, offline_eval_prompts
 from rlhf_exp.modeling import load_tokenizer, reference_of
 from rlhf_exp.objectives import build_offline_objective
 from rlhf_exp.objectives.offline_base import Context
@@ -65,7 +65,9 @@ class OfflineTrainer(PolicyEvaluation):
         # The reference: the initial policy (DPO/KTO losses; the KL of every policy evaluation).
         self.ref = reference_of(model).to(self.device) if obj.trains_policy else None
 
-        data = load_offline_data(cfg.dataset, obj.data_format)
+        raw = data = load_offline_data(cfg.dataset, obj.data_format)
+        if cfg.dataset.get("chat_template") and obj.trains_policy:  # prompts as the policy will see them
+            data = OfflineData(chat_records(raw.train, self.tokenizer), chat_records(raw.eval, self.tokenizer))
         self.train_items = obj.encode(data.train, self.tokenizer)
         self.eval_items = obj.encode(data.eval, self.tokenizer)
         self.forward_bs = int(tcfg.forward_batch_size)
@@ -76,7 +78,7 @@ class OfflineTrainer(PolicyEvaluation):
         if obj.trains_policy:
             self.reward = build_reward_model(cfg.reward_model).to(self.device)
             self.reward.bind_policy_tokenizer(self.tokenizer)
-            self.eval_prompts = offline_eval_prompts(cfg.dataset, self.tokenizer, data.eval)
+            self.eval_prompts = offline_eval_prompts(cfg.dataset, self.tokenizer, raw.eval)
             self._init_sampling(cfg)
 
         self.optimizer = torch.optim.AdamW(
