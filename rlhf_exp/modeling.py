@@ -268,6 +268,18 @@ class AdapterDisabledReference(nn.Module):
         return logits, None
 
 
+def max_positions(model: nn.Module) -> Optional[int]:
+    """The longest sequence the model's position embeddings allow (``n_positions`` / ``max_position_embeddings`` of
+    its config; through wrappers such as :class:`PolicyModel` and peft), or None when the config names none."""
+    inner = getattr(model, "lm", model)
+    config = getattr(inner, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Recompute activations in the backward pass (non-reentrant, so it works with frozen inputs and LoRA)."""
     kwargs = {"use_reentrant": False}

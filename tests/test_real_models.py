@@ -145,10 +145,16 @@ def test_chat_template_wraps_prompts_for_instruct_models(tiny_gpt2_dir, tmp_path
     for objective in ("ppo", "dpo"):
         summary = run(compose(SMALL + [f"objective={objective}", "model=gpt2", f"model.path={chat_dir}",
                                        "dataset.chat_template=true", "train.batch_size=4", "dataset.eval_size=4",
-                                       "dataset.offline_train_size=8", "dataset.offline_eval_size=4", "objective.max_length=60"]
+                                       "dataset.offline_train_size=8", "dataset.offline_eval_size=4"]   # cut to the 64 positions, with a notice
                               if objective == "dpo" else
                               SMALL + ["model=gpt2", f"model.path={chat_dir}", "dataset.chat_template=true"]),
                       tmp_path / objective)
         assert summary["status"] == "finished"
         sample = json.loads((tmp_path / objective / "samples.jsonl").read_text().splitlines()[0])
         assert "assistant:" not in sample["prompt"]
+
+
+def test_sequences_longer_than_the_model_are_a_clear_error(tiny_gpt2_dir, tmp_path):
+    """The tiny GPT-2 has 64 positions: prompts of up to 8 tokens plus 60 new tokens do not fit."""
+    with pytest.raises(ValueError, match=r"longer than the 64 positions of model.path=.*generation.max_new_tokens"):
+        run(compose(SMALL + ["model=gpt2", f"model.path={tiny_gpt2_dir}", "generation.max_new_tokens=60"]), tmp_path)

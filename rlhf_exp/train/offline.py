@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rlhf_exp.core.kl import NoKLController
 from rlhf_exp.data import OfflineData, PromptSampler, chat_records, load_offline_data, offline_eval_prompts
-from rlhf_exp.modeling import load_tokenizer, reference_of
+from rlhf_exp.modeling import load_tokenizer, max_positions, reference_of
 from rlhf_exp.objectives import build_offline_objective
 from rlhf_exp.objectives.offline_base import Context
 from rlhf_exp.objectives.reward_modelling import REWARD_MODEL_DIR
@@ -65,6 +65,12 @@ class OfflineTrainer(PolicyEvaluation):
         # The reference: the initial policy (DPO/KTO losses; the KL of every policy evaluation).
         self.ref = reference_of(model).to(self.device) if obj.trains_policy else None
 
+        limit = max_positions(model)
+        if limit is not None and obj.max_length > limit:
+            if self.is_main:
+                print(f"[rlhf_exp] objective.max_length={obj.max_length} is longer than the {limit} positions of "
+                      f"model.path={mcfg.path}: examples are cut to {limit} tokens.", flush=True)
+            obj.max_length = limit
         raw = data = load_offline_data(cfg.dataset, obj.data_format)
         if cfg.dataset.get("chat_template") and obj.trains_policy:  # prompts as the policy will see them
             data = OfflineData(chat_records(raw.train, self.tokenizer), chat_records(raw.eval, self.tokenizer))

@@ -26,7 +26,7 @@ from rlhf_exp.core.kl import full_kl_from_logits, make_kl_controller, per_token_
 from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt, PromptSampler, load_prompt_data
 from rlhf_exp.distributed import mean_over_ranks
-from rlhf_exp.modeling import load_policy, load_tokenizer, reference_of, score_responses
+from rlhf_exp.modeling import load_policy, load_tokenizer, max_positions, reference_of, score_responses
 from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
@@ -67,6 +67,12 @@ class OnlineTrainer(PolicyEvaluation):
         data = load_prompt_data(cfg.dataset, self.tokenizer)
         self.sampler = PromptSampler(data.train, seed=cfg.seed + 1000 * self.rank)
         self.eval_prompts: list[Prompt] = data.eval
+        limit, longest = max_positions(policy), max(len(p.ids) for p in data.train + data.eval)
+        if limit is not None and longest + int(cfg.generation.max_new_tokens) > limit:
+            raise ValueError(
+                f"The longest prompt ({longest} tokens) plus generation.max_new_tokens={cfg.generation.max_new_tokens} "
+                f"is longer than the {limit} positions of model.path={mcfg.path}. Shorten the prompts "
+                f"(dataset.max_prompt_tokens, or dataset.prompt_max_tokens) or lower generation.max_new_tokens.")
 
         self._init_sampling(cfg)
         self.len_gen = torch.Generator().manual_seed(cfg.seed + 7 + self.rank)
