@@ -47,7 +47,9 @@ ONLINE, OFFLINE = "online", "offline"
 def validate(cfg: DictConfig) -> None:
     """Fail early, with the option to change, on settings that would only break minutes into a run."""
     t = cfg.train
-    for key in ("steps", "batch_size", "mini_batch_size", "epochs"):
+    if int(t.steps) < 0:
+        raise ValueError(f"train.steps must be >= 0 (0 = evaluate only), got {t.steps}.")
+    for key in ("batch_size", "mini_batch_size", "epochs"):
         if int(t[key]) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {t[key]}.")
     if float(t.lr) <= 0:

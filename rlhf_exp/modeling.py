@@ -301,18 +301,37 @@ def load_policy(model_cfg, value_head: bool = False) -> PolicyModel:
     return PolicyModel(lm, value_head=value_head)
 
 
-def reference_of(policy: PolicyModel) -> nn.Module:
-    """The frozen reference policy for ``policy`` as loaded (call before training): with LoRA the same network with
-    its adapters off (no second copy); otherwise a frozen copy of the LM without a value head."""
+def reference_of(policy: PolicyModel, ref_path: Optional[str] = None, dtype: Optional[str] = None) -> nn.Module:
+    """The frozen reference policy for ``policy`` as loaded (call before training).
+
+    Default: with LoRA the same network with its adapters off (no second copy); otherwise a frozen copy of the LM
+    without a value head. ``ref_path`` (``model.ref_path``) loads another checkpoint instead, e.g. the SFT policy a
+    trained policy started from, to measure its KL to that policy; it must share the policy's vocabulary.
+    """
+    if ref_path:
+        if is_peft_model(policy.lm):
+            raise ValueError("model.ref_path and model.lora.r > 0 do not go together: a LoRA run's reference is its own "
+                             "base model with the adapters off. Set one of them.")
+        ref = PolicyModel(load_causal_lm(ref_path, "model.ref_path", dtype), value_head=False)
+        v_ref, v_pol = ref.lm.get_output_embeddings().weight.shape[0], policy.lm.get_output_embeddings().weight.shape[0]
+        if v_ref != v_pol:
+            raise ValueError(f"model.ref_path={ref_path} has a vocabulary of {v_ref} tokens and the policy "
+                             f"(model.path) {v_pol}: the KL needs the same tokenizer. Use a reference of the same "
+                             f"family, or leave model.ref_path=null (the initial policy).")
+        return freeze(ref)
     if is_peft_model(policy.lm):
         return AdapterDisabledReference(policy)
     return frozen_copy(PolicyModel(policy.lm, value_head=False))
 
 
+def freeze(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with every parameter frozen (in place)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A detached, frozen copy in eval mode (the reference policy)."""
-    ref = copy.deepcopy(model)
-    ref.eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
+    return freeze(copy.deepcopy(model))

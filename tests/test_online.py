@@ -139,3 +139,29 @@ def test_adaptive_coefficient_moves_toward_the_target(tmp_path):
         diffs = [b - a for a, b in zip(coefs, coefs[1:])]
         assert all(x * direction > 0 for x in diffs[1:]), coefs   # step 1 starts at KL 0
     assert torch.isfinite(torch.tensor(coefs)).all()
+
+
+def test_evaluate_only_a_saved_policy_against_its_reference(tmp_path):
+    """train.steps=0 evaluates without training or saving; with model.ref_path set to the policy a run started
+    from, the saved policy's reward and KL are exactly the training run's final evaluation."""
+    from rlhf_exp.task import POLICY_DIR
+
+    base = ["logger=none", "train.batch_size=8", "train.mini_batch_size=8", "eval.every=0", "dataset.eval_size=8",
+            "dataset.train_size=64", "generation.max_new_tokens=6", "train.lr=1e-3"]
+    trained = run(compose(base + ["train.steps=2"]), tmp_path / "train")
+    assert trained["eval/kl_end"] > 0.01
+    again = run(compose(base + ["train.steps=0", f"model.path={tmp_path / 'train' / 'policy'}",
+                                f"model.ref_path={POLICY_DIR}"]), tmp_path / "eval")
+    assert again["steps"] == 0 and again["status"] == "finished" and "policy_dir" not in again
+    assert not (tmp_path / "eval" / "policy").exists()
+    assert [r["step"] for r in read_metrics(tmp_path / "eval")] == [0]
+    assert again["eval/reward_mean_start"] == pytest.approx(trained["eval/reward_mean_end"], abs=1e-4)
+    assert again["eval/kl_start"] == pytest.approx(trained["eval/kl_end"], rel=1e-4)
+    from rlhf_exp.train.evaluation import summary_line
+
+    assert summary_line(again).startswith("evaluation only (") and "eval KL " in summary_line(again)
+
+
+def test_reference_path_must_share_the_vocabulary(tmp_path, tiny_gpt2_dir):
+    with pytest.raises(ValueError, match="same tokenizer"):
+        run(compose(SMALL + ["train.steps=0", f"model.ref_path={tiny_gpt2_dir}"]), tmp_path)

@@ -128,12 +128,12 @@ def test_wandb_sweep_yaml_expands_to_valid_hydra_overrides():
 # ------------------------------------------------------------------------------------------------- multirun
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    """A real multirun of 4 jobs (seed=0,1 x train.steps=1,0; the train.steps=0 jobs fail validation), W&B offline."""
+    """A real multirun of 4 jobs (seed=0,1 x train.steps=1,-1; the train.steps=-1 jobs fail validation), W&B offline."""
     tmp = tmp_path_factory.mktemp("sweep")
     sweep_dir, wandb_log = tmp / "sweep", tmp / "wandb_runs.jsonl"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "RLHF_TEST_WANDB_LOG": str(wandb_log),
            "HYDRA_FULL_ERROR": "0"}
-    cmd = [sys.executable, "-c", WRAPPED_MAIN, "-m", "logger=wandb", "seed=0,1", "train.steps=1,0", *TINY,
+    cmd = [sys.executable, "-c", WRAPPED_MAIN, "-m", "logger=wandb", "seed=0,1", "train.steps=1,-1", *TINY,
            f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     return {"proc": proc, "dir": sweep_dir, "wandb_log": wandb_log, "cwd": tmp}
@@ -144,11 +144,11 @@ def test_multirun_keeps_going_after_a_failed_job_and_exits_nonzero(tiny_sweep):
     assert proc.returncode != 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert [j.name[:4] for j in jobs] == ["000_", "001_", "002_", "003_"]
-    assert OmegaConf.load(jobs[1] / ".hydra" / "overrides.yaml")[1:3] == ["seed=0", "train.steps=0"]
+    assert OmegaConf.load(jobs[1] / ".hydra" / "overrides.yaml")[1:3] == ["seed=0", "train.steps=-1"]
     statuses = {j.name[:3]: json.loads((j / "summary.json").read_text())["status"] for j in jobs}
     assert statuses["000"] == statuses["002"] == "finished", proc.stderr[-3000:]
     for failed in ("001", "003"):
-        assert statuses[failed] == "failed: ValueError: train.steps must be >= 1, got 0."
+        assert statuses[failed] == "failed: ValueError: train.steps must be >= 0 (0 = evaluate only), got -1."
     assert proc.stderr.count("RUN FAILED") == 2
     failed_summary = json.loads((jobs[1] / "summary.json").read_text())
     assert "Traceback" in failed_summary["traceback"] and failed_summary["objective"] == "ppo"
@@ -196,7 +196,7 @@ def test_compare_writes_tables_and_readable_plots(tiny_sweep, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["000", "001", "002", "003"]
     assert [r["seed"] for r in rows] == ["0", "0", "1", "1"]
-    assert [r["train.steps"] for r in rows] == ["1", "0", "1", "0"]
+    assert [r["train.steps"] for r in rows] == ["1", "-1", "1", "-1"]
     assert [r["status"] == "finished" for r in rows] == [True, False, True, False]
     assert all(r["objective"] == "ppo" and r["kl"] == "adaptive" for r in rows)
     for r in (rows[0], rows[2]):
@@ -207,7 +207,7 @@ def test_compare_writes_tables_and_readable_plots(tiny_sweep, tmp_path, capsys):
     with open(out / "aggregated.csv") as f:
         agg = {a["train.steps"]: a for a in csv.DictReader(f)}
     assert agg["1"]["n"] == "2" and agg["1"]["not_finished"] == "0"
-    assert agg["0"]["n"] == "0" and agg["0"]["not_finished"] == "2"
+    assert agg["-1"]["n"] == "0" and agg["-1"]["not_finished"] == "2"
     finished = [float(r["eval/reward_mean"]) for r in (rows[0], rows[2])]
     assert float(agg["1"]["eval/reward_mean_mean"]) == pytest.approx(sum(finished) / 2)
     assert "## Over seeds" in printed and "failed: ValueError" in printed

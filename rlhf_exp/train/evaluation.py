@@ -249,14 +249,21 @@ class PolicyEvaluation:
         for key in self.summary_keys:
             if key in self.history:
                 summary[f"{key}_start"], summary[f"{key}_end"] = first_last(key)
-        if self.is_main and self.cfg.train.save_model:
+        if self.is_main and self.cfg.train.save_model and self._steps_done() > 0:  # train.steps=0: evaluate only
             summary.update(self.save_outputs())
         self.tracker.summary(summary)
         return summary
 
 
 def summary_line(summary: Mapping[str, Any]) -> str:
-    """One line for the end of a run: eval reward and KL at start and end, wall time."""
+    """One line for the end of a run: eval reward and KL at start and end, wall time (``train.steps=0``: the one
+    evaluation)."""
+    if summary["steps"] == 0:
+        parts = [f"evaluation only ({summary['wall_s']:.0f}s)", f"eval reward {summary['eval/reward_mean_start']:.3f}",
+                 f"eval KL {summary['eval/kl_start']:.3f}"]
+        parts += [f"{k[:-len('_start')].split('/')[-1]} {summary[k]:.2f}" for k in summary
+                  if k.startswith("eval/reward/") and k.endswith("_frac_start")]
+        return " | ".join(parts)
     parts = [f"{summary['objective']} ({summary['kl_controller']} KL), {summary['steps']} steps in "
              f"{summary['wall_s']:.0f}s",
              f"eval reward {summary['eval/reward_mean_start']:.3f} -> {summary['eval/reward_mean_end']:.3f}",
@@ -266,4 +273,3 @@ def summary_line(summary: Mapping[str, Any]) -> str:
             base = k[:-len("_start")]
             parts.append(f"{base.split('/')[-1]} {summary[k]:.2f} -> {summary[base + '_end']:.2f}")
     return " | ".join(parts)
-

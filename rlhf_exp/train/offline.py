@@ -63,7 +63,8 @@ class OfflineTrainer(PolicyEvaluation):
         self.ctx = Context(device=self.device, pad_id=self.pad_id, eos_id=self.eos_id, reduce=self.reduce)
         model = obj.build_model(mcfg)
         # The reference: the initial policy (DPO/KTO losses; the KL of every policy evaluation).
-        self.ref = reference_of(model).to(self.device) if obj.trains_policy else None
+        self.ref = (reference_of(model, mcfg.get("ref_path"), mcfg.get("dtype")).to(self.device)
+                    if obj.trains_policy else None)
 
         limit = max_positions(model)
         if limit is not None and obj.max_length > limit:

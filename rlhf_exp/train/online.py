@@ -62,7 +62,7 @@ class OnlineTrainer(PolicyEvaluation):
         self.reward = build_reward_model(cfg.reward_model).to(self.device)
         self.reward.bind_policy_tokenizer(self.tokenizer)
         policy = load_policy(mcfg, value_head=self.objective.needs_value).to(self.device)
-        self.ref = reference_of(policy).to(self.device)
+        self.ref = reference_of(policy, mcfg.get("ref_path"), mcfg.get("dtype")).to(self.device)
 
         data = load_prompt_data(cfg.dataset, self.tokenizer)
         self.sampler = PromptSampler(data.train, seed=cfg.seed + 1000 * self.rank)
