@@ -38,30 +38,29 @@ class SamplingSettings:
         return self.do_sample and (self.top_k not in (0, None) or self.top_p < 1.0)
 
 
-def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists. Returns ``ids (B, P)`` and ``mask (B, P)`` (long)."""
-    P = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), P), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, P - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, P - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists. Returns ``ids (B, L)`` and ``mask (B, L)`` (long), L the longest sequence."""
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str, left: bool
+         ) -> tuple[torch.Tensor, torch.Tensor]:
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, :len(s)] = 1
+            cols = slice(L - len(s), L) if left else slice(0, len(s))
+            ids[i, cols] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, cols] = 1
     return ids.to(device), mask.to(device)
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists. Returns ``ids (B, P)`` and ``mask (B, P)`` (long)."""
+    return _pad(seqs, pad_id, device, left=True)
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists. Returns ``ids (B, L)`` and ``mask (B, L)`` (long), L the longest sequence."""
+    return _pad(seqs, pad_id, device, left=False)
 
 
 def sample_lengths(n: int, settings: SamplingSettings, generator: torch.Generator) -> torch.Tensor:

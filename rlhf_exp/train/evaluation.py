@@ -27,7 +27,7 @@ from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt
 from rlhf_exp.distributed import mean_over_ranks, model_for_generation
 from rlhf_exp.metrics import ends_with_eos, text_monitors
-from rlhf_exp.modeling import PolicyModel, score_responses
+from rlhf_exp.modeling import PolicyModel, load_tokenizer, score_responses
 from rlhf_exp.rollout import SamplingSettings, generate, pad_left, sample_lengths
 from rlhf_exp.train.common import make_accelerator, save_policy
 
@@ -50,6 +50,12 @@ class PolicyEvaluation:
         self.reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = (
             (lambda t: self.acc.reduce(t, reduction="sum")) if self.world > 1 else None
         )
+
+    def _init_tokenizer(self, model_cfg) -> None:
+        """The policy's tokenizer (``model.tokenizer``, or the one saved with ``model.path``), ``eos_id``, ``pad_id``."""
+        option = "model.tokenizer" if model_cfg.get("tokenizer") else "model.path"
+        self.tokenizer = load_tokenizer(model_cfg.get("tokenizer") or model_cfg.path, option)
+        self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
 
     def _init_sampling(self, cfg) -> None:
         """The training sampler (``generation.*``), the evaluation sampler (``eval.do_sample``) and the fixed

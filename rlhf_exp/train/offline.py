@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rlhf_exp.core.kl import NoKLController
 from rlhf_exp.data import OfflineData, PromptSampler, chat_records, load_offline_data, offline_eval_prompts
-from rlhf_exp.modeling import load_tokenizer, max_positions, reference_of
+from rlhf_exp.modeling import max_positions, reference_of
 from rlhf_exp.objectives import build_offline_objective
 from rlhf_exp.objectives.offline_base import Context
 from rlhf_exp.objectives.reward_modelling import REWARD_MODEL_DIR
@@ -57,9 +57,7 @@ class OfflineTrainer(PolicyEvaluation):
                              f"per-process batch {self.local_batch} (train.batch_size / processes).")
 
         mcfg = cfg.model
-        tok_option = "model.tokenizer" if mcfg.get("tokenizer") else "model.path"
-        self.tokenizer = load_tokenizer(mcfg.get("tokenizer") or mcfg.path, tok_option)
-        self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        self._init_tokenizer(mcfg)
         self.ctx = Context(device=self.device, pad_id=self.pad_id, eos_id=self.eos_id, reduce=self.reduce)
         model = obj.build_model(mcfg)
         # The reference: the initial policy (DPO/KTO losses; the KL of every policy evaluation).

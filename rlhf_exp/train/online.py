@@ -26,7 +26,7 @@ from rlhf_exp.core.kl import full_kl_from_logits, make_kl_controller, per_token_
 from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt, PromptSampler, load_prompt_data
 from rlhf_exp.distributed import mean_over_ranks
-from rlhf_exp.modeling import load_policy, load_tokenizer, max_positions, reference_of, score_responses
+from rlhf_exp.modeling import load_policy, max_positions, reference_of, score_responses
 from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
@@ -54,10 +54,7 @@ class OnlineTrainer(PolicyEvaluation):
                              f"{self.local_batch} (train.batch_size / processes).")
 
         mcfg = cfg.model
-        self.tokenizer = load_tokenizer(mcfg.get("tokenizer") or mcfg.path, "model.tokenizer" if mcfg.get("tokenizer")
-                                        else "model.path")
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id
+        self._init_tokenizer(mcfg)
         # the reward before the policy, so that a reward that cannot load fails before the policy is loaded
         self.reward = build_reward_model(cfg.reward_model).to(self.device)
         self.reward.bind_policy_tokenizer(self.tokenizer)
