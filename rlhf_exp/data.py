@@ -165,11 +165,16 @@ def render_completion(tokenizer, prompt: Sequence[Mapping[str, str]], completion
                            f"(roles: {', '.join(roles)}); put the conversation before the reply in the prompt.")
     if not prompt:
         raise DatasetError(f"{where}: the conversation has no turn before the assistant's reply (no prompt).")
-    p, parts = render_turns(tokenizer, list(prompt) + list(completion), where)
-    if any(not is_assistant for _, is_assistant in parts) or p != _render(tokenizer, prompt, True):
+    if prompt[-1]["role"] == "assistant":
         raise DatasetError(f"{where}: the prompt conversation ends with an assistant turn; it should end with the turn "
                            f"the completion replies to.")
-    return p, "".join(text for text, _ in parts)
+    p = _render(tokenizer, prompt, True)
+    full = _render(tokenizer, list(prompt) + list(completion), False)
+    if not full.startswith(p):
+        raise DatasetError(f"{where}: the policy tokenizer's chat template renders the prompt differently inside the "
+                           f"whole conversation, so the assistant's reply cannot be told apart. Use a template that "
+                           f"renders prefixes consistently.")
+    return p, _strip_after_eos(full[len(p):], tokenizer.eos_token)
 
 
 def render_conversations(records: Sequence[Mapping[str, Any]], tokenizer, where: str) -> list[dict[str, Any]]:
@@ -274,7 +279,7 @@ def _null_notice(rows: Sequence[int], columns: Sequence[str], where: str) -> Non
     if rows:
         shown = ", ".join(str(r) for r in sorted(rows)[:8]) + (" ..." if len(rows) > 8 else "")
         print(f"[rlhf_exp] {where}: dropped {len(rows)} row(s) with an empty (null) cell in column(s) "
-              f"{', '.join(dict.fromkeys(columns))} (rows {shown}).", flush=True)
+              f"{', '.join(dict.fromkeys(columns))} ({'rows' if len(rows) > 1 else 'row'} {shown}).", flush=True)
 
 
 def _tiny_reviews(cfg: Mapping[str, Any], tokenizer) -> PromptData:
@@ -508,8 +513,8 @@ def load_splits(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         elif _looks_like_path(path):
             raise DatasetError(f"dataset.path={path} does not exist.")
         elif _offline_env() or not _hub_reachable():
-            raise DatasetError(f"dataset.path={path!r} is a hub dataset and the hub cannot be reached from here. "
-                               + _download_hint(path, cfg.get("config_name")))
+            raise DatasetError(f"dataset.path={path!r} is a hub dataset (no folder of that name exists here) and the "
+                               f"hub cannot be reached from here. " + _download_hint(path, cfg.get("config_name")))
         else:
             splits = dict(_load_dataset(path, cfg, where, []))
     for split, ds in splits.items():

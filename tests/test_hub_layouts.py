@@ -199,6 +199,13 @@ def test_explicit_conversational_prompts_and_online_prompts(hub, tmp_path):
     data = load_offline_data(cfg, "preference", tok)
     assert {r["prompt"] for r in data.train} == {f"<|user|>{USER}{tok.eos_token}\n<|assistant|>"}
     assert all(r["rejected"] == f"Bad.{tok.eos_token}" for r in data.train + data.eval)
+    # a multi-turn prompt (with an assistant turn in its history) renders whole; only the reply is the completion
+    from rlhf_exp.data import render_completion
+
+    history = _conv("Hi.", "Hello!") + _conv(USER)
+    prompt, reply = render_completion(tok, history, [{"role": "assistant", "content": "Fine."}], "chosen", "row 0")
+    assert prompt == tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+    assert reply == f"Fine.{tok.eos_token}"
     # online: the conversation in the template, then the assistant's opening; rewards see that text
     cfg = compose(["dataset=files", f"dataset.data_files={hub['conv_prompts']}", "dataset.eval_size=3"]).dataset
     prompts = load_prompt_data(cfg, tok)
