@@ -433,7 +433,7 @@ def _given_files(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
 
 
 def _looks_like_path(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or path.count("/") != 1 or "\\" in path
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path
 
 
 def _download_hint(hub_id: str, config_name: Optional[str]) -> str:

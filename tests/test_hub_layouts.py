@@ -331,3 +331,14 @@ def test_a_preset_on_the_wrong_folder_says_what_it_found(hub, tmp_path):
     with pytest.raises(DatasetError, match=r"dataset.path=.*nope does not exist"):
         load_offline_data(compose(["objective=sft", "dataset=tldr", f"dataset.path={tmp_path / 'nope'}"]).dataset,
                           "sft")
+
+
+def test_sft_collate_ignores_completion_tokens_masked_out():
+    """Hand-checked labels: prompt and padding ignored, and the completion tokens whose mask is 0."""
+    from rlhf_exp.core.losses import IGNORE_INDEX as X
+    from rlhf_exp.objectives.sft import sft_collate
+
+    ids, mask, labels = sft_collate([[1, 2], [3]], [[4, 5, 6, 0], [7, 0]], pad_id=0,
+                                    completion_masks=[[1, 0, 1, 1], None])
+    assert ids.tolist() == [[1, 2, 4, 5, 6, 0], [3, 7, 0, 0, 0, 0]]
+    assert labels.tolist() == [[X, X, 4, X, 6, 0], [X, 7, 0, X, X, X]]
