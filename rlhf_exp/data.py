@@ -103,8 +103,9 @@ def _cell(value: Any, column: str, where: str) -> Any:
         shown = repr(value)
         raise DatasetError(f"{where}, column {column!r}: the cell is a {type(value).__name__} ({shown[:80]}"
                            f"{'...' if len(shown) > 80 else ''}), neither text nor a conversation (a list of "
-                           f"{{\"role\": ..., \"content\": ...}} messages). Map dataset.columns / dataset.prompt_column "
-                           f"to a text column, or convert the column to text or to conversations.")
+                           f"{{\"role\": ..., \"content\": ...}} messages). Map dataset.columns / "
+                           f"dataset.prompt_column to a text column, or convert the column to text or to "
+                           f"conversations.")
     return value if isinstance(value, str) else str(value)
 
 

@@ -9,8 +9,9 @@ the rows are a few short, generated ones (so that the embedded tiny policy can t
 
 Layouts (checked against the hub repos):
 
-* ``stanfordnlp/imdb``: config ``plain_text`` (default), ``plain_text/{train,test,unsupervised}-00000-of-00001.parquet``;
-  ``text`` (string), ``label`` (ClassLabel neg/pos; -1 in ``unsupervised``).
+* ``stanfordnlp/imdb``: config ``plain_text`` (default),
+  ``plain_text/{train,test,unsupervised}-00000-of-00001.parquet``; ``text`` (string), ``label`` (ClassLabel
+  neg/pos; -1 in ``unsupervised``).
 * ``trl-lib/tldr``: config ``default``, ``data/{train,validation,test}-00000-of-00001.parquet``; ``prompt``
   (Reddit post ending in ``TL;DR:``), ``completion`` (the summary) — both strings.
 * ``Anthropic/hh-rlhf``: no ``configs:`` in the README (splits from the file names):
@@ -108,6 +109,7 @@ def write_imdb(root: Path, n: int = 24, seed: int = 0) -> Path:
         f = f"plain_text/{split}-00000-of-00001.parquet"
         _parquet(root / f, {"text": texts, "label": labels}, features)
         files.append(f)
+    splits = ("train", "test", "unsupervised")
     meta = {
         "annotations_creators": ["expert-generated"], "language": ["en"], "license": ["other"],
         "task_categories": ["text-classification"], "task_ids": ["sentiment-classification"],
@@ -115,9 +117,9 @@ def write_imdb(root: Path, n: int = 24, seed: int = 0) -> Path:
         "dataset_info": {"config_name": "plain_text",
                          "features": [{"name": "text", "dtype": "string"},
                                       {"name": "label", "dtype": {"class_label": {"names": {"0": "neg", "1": "pos"}}}}],
-                         "splits": [{"name": s, "num_bytes": 0, "num_examples": n} for s in ("train", "test", "unsupervised")]},
+                         "splits": [{"name": s, "num_bytes": 0, "num_examples": n} for s in splits]},
         "configs": [{"config_name": "plain_text",
-                     "data_files": [{"split": s, "path": f"plain_text/{s}-*"} for s in ("train", "test", "unsupervised")],
+                     "data_files": [{"split": s, "path": f"plain_text/{s}-*"} for s in splits],
                      "default": True}],
         "train-eval-index": [{"config": "plain_text", "task": "text-classification"}],
     }
@@ -144,11 +146,12 @@ def write_tldr(root: Path, n: int = 24, seed: int = 0) -> Path:
         f = f"data/{split}-00000-of-00001.parquet"
         _parquet(root / f, {"prompt": prompts, "completion": completions}, features)
         files.append(f)
+    splits = ("train", "validation", "test")
     meta = {"dataset_info": {"features": [{"name": "prompt", "dtype": "string"},
                                           {"name": "completion", "dtype": "string"}],
-                             "splits": [{"name": s, "num_bytes": 0, "num_examples": n} for s in ("train", "validation", "test")]},
+                             "splits": [{"name": s, "num_bytes": 0, "num_examples": n} for s in splits]},
             "configs": [{"config_name": "default",
-                         "data_files": [{"split": s, "path": f"data/{s}-*"} for s in ("train", "validation", "test")]}],
+                         "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],
             "tags": ["trl"]}
     (root / "README.md").write_text(_front_matter(meta, "# TL;DR Dataset\n"))
     _download_leftovers(root, files, ("*.parquet",))

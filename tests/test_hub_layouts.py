@@ -176,8 +176,8 @@ def test_conversations_are_rendered_and_only_assistant_tokens_take_a_loss(hub):
 
     # Preference pairs with an implicit prompt (ultrafeedback): rendered prompt, assistant replies ending in EOS once;
     # the reward model sees the rendered conversation.
-    cfg = compose(["objective=dpo", "dataset=files", f"dataset.data_files={hub['ultrafeedback'] / UF_TRAIN.split('/', 1)[1]}",
-                   "dataset.offline_eval_size=2"])
+    uf = hub["ultrafeedback"] / UF_TRAIN.split("/", 1)[1]
+    cfg = compose(["objective=dpo", "dataset=files", f"dataset.data_files={uf}", "dataset.offline_eval_size=2"])
     pair = load_offline_data(cfg.dataset, "preference", tok).train[0]
     assert pair["prompt"].startswith("<|user|>Write a short review") and pair["prompt"].endswith("<|assistant|>")
     assert pair["chosen"].endswith(eos) and "<|" not in pair["chosen"][:-len(eos)]
@@ -275,7 +275,8 @@ def test_null_cells_drop_their_rows_with_a_count(tmp_path, capsys):
 BAD_FILES = [  # name, content, what the error must say
     ("empty.jsonl", b"", r"empty\.jsonl is empty \(0 bytes\)"),
     ("blank.jsonl", b"\n\n", r"blank\.jsonl has no rows"),
-    ("bad.jsonl", b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c",}\n', r"bad\.jsonl line 3 \(row 2\) is not valid JSON"),
+    ("bad.jsonl", b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c",}\n',
+     r"bad\.jsonl line 3 \(row 2\) is not valid JSON"),
     ("latin1.jsonl", '{"prompt": "a"}\n{"prompt": "café"}\n'.encode("latin-1"),
      r"latin1\.jsonl is not UTF-8 text: line 2 has the byte 0xe9.*iconv"),
     ("latin1.csv", "prompt\ncafé\n".encode("latin-1"), r"latin1\.csv is not UTF-8 text: line 2"),
