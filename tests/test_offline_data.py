@@ -103,6 +103,7 @@ def test_hub_datasets_fail_fast_offline_naming_what_to_download(dataset, hub_id)
     assert time.perf_counter() - t0 < 10
     msg = str(e.value)
     assert hub_id in msg and "save_to_disk" in msg and "dataset.path=" in msg
+    assert f"huggingface-cli download {hub_id}" in msg and "--repo-type dataset --local-dir DIR" in msg
 
 
 def test_common_prefix_prompt_for_hh_style_pairs():

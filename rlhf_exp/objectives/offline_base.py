@@ -83,12 +83,34 @@ class OfflineObjective:
 
     # ------------------------------------------------------------------ helpers for the subclasses
     def tokenize_pair(self, tokenizer, prompt: str, completion: str, eos_id: int) -> tuple[list[int], list[int]]:
-        """Prompt and completion token ids (tokenised apart, EOS appended to the completion), cut to fit."""
+        """Prompt and completion token ids (tokenised apart, EOS appended to the completion unless it already ends
+        with it, as a chat template's assistant turn may), cut to fit."""
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         if self.max_prompt_tokens:
             p = p[-int(self.max_prompt_tokens):]
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos_id]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if not c or c[-1] != eos_id:
+            c = c + [eos_id]
         return fit(p, c, self.max_length)
+
+    def tokenize_parts(self, tokenizer, prompt: str, parts: Sequence[tuple[str, bool]], eos_id: int
+                       ) -> tuple[list[int], list[int], list[int]]:
+        """Like :meth:`tokenize_pair` for a completion given as ``(text, trains)`` parts (a rendered multi-turn
+        conversation: ``rlhf_exp.data.render_turns``). Also returns the completion's loss mask (1 on the tokens of
+        the parts that train, the appended EOS included)."""
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        if self.max_prompt_tokens:
+            p = p[-int(self.max_prompt_tokens):]
+        c: list[int] = []
+        mask: list[int] = []
+        for text, trains in parts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            c += ids
+            mask += [int(trains)] * len(ids)
+        if not c or c[-1] != eos_id:
+            c, mask = c + [eos_id], mask + [1]
+        p, c = fit(p, c, self.max_length)
+        return p, c, mask[:len(c)]
 
 
 def sequence_logprobs(model, prompts: Sequence[list[int]], completions: Sequence[list[int]], ctx: Context,

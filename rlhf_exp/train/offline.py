@@ -70,7 +70,8 @@ class OfflineTrainer(PolicyEvaluation):
                 print(f"[rlhf_exp] objective.max_length={obj.max_length} is longer than the {limit} positions of "
                       f"model.path={mcfg.path}: examples are cut to {limit} tokens.", flush=True)
             obj.max_length = limit
-        raw = data = load_offline_data(cfg.dataset, obj.data_format)
+        # conversational records come back rendered with the policy tokenizer's chat template
+        raw = data = load_offline_data(cfg.dataset, obj.data_format, self.tokenizer)
         if cfg.dataset.get("chat_template") and obj.trains_policy:  # prompts as the policy will see them
             data = OfflineData(chat_records(raw.train, self.tokenizer), chat_records(raw.eval, self.tokenizer))
         self.train_items = obj.encode(data.train, self.tokenizer)
