@@ -10,6 +10,7 @@ import json
 import math
 import netrc
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -139,7 +140,7 @@ class Tracker:
         id_file = self.output_dir / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if id_file.exists() else ""
         if not run_id:
-            run_id = wandb.util.generate_id()
+            run_id = secrets.token_hex(4)          # not the global random module: that is seeded run state
             id_file.write_text(run_id + "\n")
         self._wandb = wandb.init(
             id=run_id, resume="allow",
