@@ -149,7 +149,7 @@ def test_torchrun_two_processes_killed_then_resumed_finish(tmp_path):
     out, _ = p.communicate(timeout=900)
     assert p.returncode != 0, out[-3000:]
     assert [s for s, _ in ck.list_checkpoints(tmp_path / "ddp" / "checkpoints")] == [2]
-    torchrun[5] = str(_free_port())
+    torchrun[6] = str(_free_port())
     out = _finish(_start(args, tmp_path, torchrun))
     assert "resumed from" in out and "step_2" in out
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
@@ -302,3 +302,25 @@ def test_compare_names_and_skips_a_run_with_an_unreadable_summary(tmp_path, caps
     record = load_run_dir(run)
     assert record.status.startswith("unreadable summary.json") and not record.finished
     assert str(run) in capsys.readouterr().err
+
+
+def test_a_signal_asks_for_a_stop_and_a_second_ctrl_c_stops_at_once(tmp_path):
+    class OneProcess:
+        is_main_process, num_processes, process_index = True, 1, 0
+
+    c = ck.Checkpointer(compose(TINY), tmp_path, OneProcess())
+    c._install_handlers()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert c.stop_signal == "SIGTERM" and c._stop_agreed()
+        os.kill(os.getpid(), signal.SIGTERM)              # a repeated SIGTERM changes nothing
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is not c._on_signal     # the handlers are given back
+    finally:
+        c.close()
+    with pytest.raises(ck.RunInterrupted) as stop:
+        c.stop_signal = "SIGINT"
+        c.save = lambda trainer, step, wall_s: None       # (what a failed save returns)
+        c.step_done(None, 3, 0.0)
+    assert stop.value.exit_code == 130 and stop.value.step == 3
