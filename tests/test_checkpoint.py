@@ -324,3 +324,20 @@ def test_a_signal_asks_for_a_stop_and_a_second_ctrl_c_stops_at_once(tmp_path):
         c.save = lambda trainer, step, wall_s: None       # (what a failed save returns)
         c.step_done(None, 3, 0.0)
     assert stop.value.exit_code == 130 and stop.value.step == 3
+
+
+def test_an_unreadable_newest_checkpoint_of_the_right_size_falls_back_while_loading(tmp_path, capsys):
+    args = ["train.steps=4", "eval.every=0", "train.keep_checkpoints=null"]
+    first = _run(args, tmp_path)
+    last = (tmp_path / "metrics.jsonl").read_text().splitlines()[-1]
+    (tmp_path / "summary.json").unlink()                                   # as if killed before the summary
+    state = tmp_path / "checkpoints" / "step_4" / "loop_state_rank0.pt"
+    state.write_bytes(b"\0" * state.stat().st_size)                        # garbled, same size: meta.json passes
+    again = _run(args, tmp_path)
+    out = capsys.readouterr().out
+    assert "step_4 is damaged" in out and "falling back to" in out and "resumed from" in out
+    strip = lambda d: {k: v for k, v in d.items() if not k.startswith("perf/") and k != "wall_s"}  # noqa: E731
+    assert strip(json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])) == strip(json.loads(last))
+    assert strip(again) == strip(first)
+    assert [s for s, _ in ck.list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
+    assert (tmp_path / "checkpoints" / "damaged_step_4").is_dir()

@@ -110,25 +110,26 @@ def _swap_in(tmp: Path, path: Path) -> None:
 
 
 def cut_jsonl(path: Path, last_step: int) -> int:
-    """Keep the rows of a ``metrics.jsonl`` / ``samples.jsonl`` with ``step <= last_step`` (and drop a line cut short
-    by a kill); rewritten atomically. Returns how many lines were dropped."""
+    """Cut a ``metrics.jsonl`` / ``samples.jsonl`` after its rows with ``step <= last_step`` (rows are in step order;
+    a line cut short by a kill ends the kept part). Truncated in place, so that a logger holding the file open for
+    appending goes on at the new end. Returns how many lines were dropped."""
     path = Path(path)
     if not path.exists():
         return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
+    data = path.read_bytes()
+    keep, lines = 0, data.splitlines(keepends=True)
+    for line in lines:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            dropped += 1
-            continue
-        if int(row.get("step", 0)) <= last_step:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
-        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-    return dropped
+            ok = line.endswith(b"\n") and int(row.get("step", 0)) <= last_step
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            break
+        keep += len(line)
+    if keep < len(data):
+        os.truncate(path, keep)
+    return len(lines) - len(data[:keep].splitlines())
 
 
 # ---------------------------------------------------------------------------------------------------- lock
@@ -421,6 +422,11 @@ class Checkpointer:
             finished = summary.get("status") == "finished" and int(summary.get("steps", -1)) == self.steps
             if finished and (found is None or found[0] == self.steps):
                 return {"action": "skip", "summary": summary}
+            if found is None and summary.get("status") == "finished":
+                raise FileExistsError(
+                    f"{run_dir} holds a finished run of {summary.get('steps')} steps and no checkpoint to continue "
+                    f"from (train.steps is now {self.steps}). Use another folder (hydra.run.dir=...), or start from a "
+                    f"checkpoint of another run with train.resume=<path>.")
             if found is None:
                 if has_run:
                     print(f"[rlhf_exp] {run_dir} holds an earlier attempt without a usable checkpoint: starting from "
@@ -443,15 +449,25 @@ class Checkpointer:
         if step > self.steps:
             raise ValueError(f"The checkpoint {path} is at step {step}, past train.steps={self.steps}. Set "
                              f"train.steps >= {step}, or resume from an earlier checkpoint (train.resume=<path>).")
-        # checkpoints newer than the one resumed from are damaged (auto) or from another branch (path): set aside
-        if path.parent.resolve() == self.folder.resolve():
+        self._rewind_to(step, path, "damaged_" if setting == "auto" else "set_aside_")
+        # older complete checkpoints, in case this one turns out unreadable while loading (auto only)
+        older = [str(p) for s, p in reversed(list_checkpoints(self.folder))
+                 if s < step and setting == "auto" and checkpoint_problem(p) is None]
+        return {"action": "resume", "path": str(path), "step": step, "fallbacks": older}
+
+    def _rewind_to(self, step: int, path: Path, prefix: str) -> None:
+        """Main process, before resuming from ``path`` (at ``step``): rename this run's newer checkpoints
+        ``<prefix>step_<k>`` (damaged, or not on the path resumed from: kept, never used), cut the logs back to
+        ``step``, remove the old ``summary.json`` (the run writes it again)."""
+        if Path(path).parent.resolve() == self.folder.resolve():
             for s, p in list_checkpoints(self.folder):
                 if s > step:
-                    p.rename(p.with_name(f"damaged_{p.name}"))
+                    target = p.with_name(f"{prefix}{p.name}")
+                    shutil.rmtree(target, ignore_errors=True)
+                    p.rename(target)
         self._cut_logs(step)
-        with contextlib.suppress(FileNotFoundError):  # written again at the end (or on the next stop)
-            (run_dir / "summary.json").unlink()
-        return {"action": "resume", "path": str(path), "step": step}
+        with contextlib.suppress(FileNotFoundError):
+            (self.run_dir / "summary.json").unlink()
 
     def _cut_logs(self, step: int) -> None:
         for name in ("metrics.jsonl", "samples.jsonl"):
@@ -475,15 +491,37 @@ class Checkpointer:
         if self.plan.get("action") != "resume":
             self._t_start = time.perf_counter()
             return 0, self._t_start
-        path = Path(self.plan["path"])
-        rank_file = path / LOOP_STATE.format(self.acc.process_index)
-        saved_world = int(json.loads((path / META).read_text()).get("world", 1))
-        if saved_world != self.acc.num_processes:
-            raise ValueError(f"The checkpoint {path} was written by {saved_world} process(es); this run has "
-                             f"{self.acc.num_processes}. Resume with the same number of processes.")
-        self.acc.load_state(str(path))
-        state = torch.load(rank_file, map_location="cpu", weights_only=False)
-        load_loop_state(trainer, state)
+        candidates = [Path(self.plan["path"])] + [Path(p) for p in self.plan.get("fallbacks", [])]
+        for i, path in enumerate(candidates):
+            saved_world = int(json.loads((path / META).read_text()).get("world", 1))
+            if saved_world != self.acc.num_processes:
+                raise ValueError(f"The checkpoint {path} was written by {saved_world} process(es); this run has "
+                                 f"{self.acc.num_processes}. Resume with the same number of processes.")
+            error = None
+            try:
+                with _quiet_accelerate():
+                    self.acc.load_state(str(path))
+                state = torch.load(path / LOOP_STATE.format(self.acc.process_index), map_location="cpu",
+                                   weights_only=False)
+                load_loop_state(trainer, state)
+            except Exception as e:  # noqa: BLE001 - any unreadable content: fall back to the one before
+                error = e
+            if self.acc.num_processes > 1:
+                t = torch.tensor([0.0 if error is None else 1.0], device=self.acc.device)
+                if float(self.acc.reduce(t, reduction="sum")) > 0 and error is None:
+                    error = RuntimeError("another process could not read its part")
+            if error is None:
+                break
+            if i + 1 == len(candidates):
+                raise RuntimeError(f"Could not load the checkpoint {path} ({type(error).__name__}: {error}) and no "
+                                   f"older complete checkpoint is left. Start a new run in another folder, or "
+                                   f"train.resume=<path> to a checkpoint elsewhere.") from error
+            if self.acc.is_main_process:
+                older = candidates[i + 1]
+                print(f"[rlhf_exp] checkpoint {path} is damaged ({type(error).__name__}: {error}); falling back to "
+                      f"{older}.", flush=True)
+                self._rewind_to(int(json.loads((older / META).read_text())["step"]), older, "damaged_")
+            self.acc.wait_for_everyone()
         step = int(state["step"])
         if self.acc.is_main_process:
             print(f"[rlhf_exp] resumed from {path} (step {step} of {self.steps}).", flush=True)
