@@ -341,3 +341,15 @@ def test_an_unreadable_newest_checkpoint_of_the_right_size_falls_back_while_load
     assert strip(again) == strip(first)
     assert [s for s, _ in ck.list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
     assert (tmp_path / "checkpoints" / "damaged_step_4").is_dir()
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+    from rlhf_exp.tracking import WANDB_ID_FILE, Tracker
+
+    ids = []
+    for step in (0, 1):
+        t = Tracker(tmp_path, {"kind": "wandb", "mode": "offline", "project": "p"}, {"a": 1}, "r")
+        t.log({"x": 1.0}, step)
+        ids.append(t.wandb_run.id)
+        t.close()
+    assert ids[0] == ids[1] == (tmp_path / WANDB_ID_FILE).read_text().strip()
