@@ -157,16 +157,18 @@ def _resume_hint(output_dir: Path, stop: BaseException) -> str:
     """The line an interrupted run ends with: where its checkpoint is and the command that continues it."""
     from hydra.types import RunMode
 
-    where = f"checkpoint {stop.checkpoint}" if getattr(stop, "checkpoint", None) else "no new checkpoint (save failed)"
-    head = f"[rlhf_exp] INTERRUPTED ({getattr(stop, 'signame', 'signal')}) after step {getattr(stop, 'step', '?')}; {where}."
+    saved = getattr(stop, "checkpoint", None)
+    where = f"checkpoint {saved}" if saved else "no new checkpoint (the save failed)"
+    signame, step = getattr(stop, "signame", "signal"), getattr(stop, "step", "?")
+    head = f"[rlhf_exp] INTERRUPTED ({signame}) after step {step}; {where}."
     if HydraConfig.initialized():
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
-            return (f"{head}\n[rlhf_exp] To resume: run the same sweep command again with hydra.sweep.dir={hc.sweep.dir} "
-                    f"(finished jobs are skipped, this one continues from its checkpoint).")
-        args = [o for o in hc.overrides.task if not o.startswith("hydra.run.dir=")]
-        cmd = " ".join(["python -m rlhf_exp", *(shlex.quote(a) for a in args), f"hydra.run.dir={shlex.quote(str(output_dir))}"])
-        return f"{head}\n[rlhf_exp] To resume (the same launcher, torchrun or accelerate launch, if you used one): {cmd}"
+            return (f"{head}\n[rlhf_exp] To resume: run the same sweep command again with "
+                    f"hydra.sweep.dir={hc.sweep.dir} (finished jobs are skipped, this one continues).")
+        args = [shlex.quote(o) for o in hc.overrides.task if not o.startswith("hydra.run.dir=")]
+        cmd = " ".join(["python -m rlhf_exp", *args, f"hydra.run.dir={shlex.quote(str(output_dir))}"])
+        return f"{head}\n[rlhf_exp] To resume (with the same launcher, torchrun or accelerate launch, if any): {cmd}"
     return f"{head}\n[rlhf_exp] To resume: run again with the same output folder {output_dir} (train.resume=auto)."
 
 

@@ -1,7 +1,7 @@
 """Checkpoints and resume (rlhf_exp/train/checkpoint.py, docs/checkpoints.md).
 
 The end-to-end tests run ``python -m rlhf_exp`` in subprocesses (kill -9 needs a process to kill), through a small
-driver that kills or signals its own process at an exact point: ``CKPT_TEST_KILL_AT=k`` with ``CKPT_TEST_SIGNAL=SIGKILL``
+driver that kills or signals its own process at an exact point: ``CKPT_TEST_KILL_AT=k`` (``CKPT_TEST_SIGNAL=SIGKILL``)
 kills right after step k is logged (before its step boundary), any other signal is sent at the start of step k. All
 runs of a comparison use the same environment (one thread), so their floats are comparable bit for bit.
 """

@@ -182,7 +182,8 @@ class OfflineTrainer(PolicyEvaluation):
             self._record(self.evaluate(0), 0)
         loss_key = f"train/{self.objective.summary_stats[0]}"      # the objective's loss, for the progress bar
         bar = tqdm(range(start + 1, tcfg.steps + 1), desc=self.objective.name, disable=not self.is_main,
-                   initial=start, total=tcfg.steps, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+                   initial=start, total=tcfg.steps, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
         for step in bar:
             metrics = self.train_step(step)
             if step == tcfg.steps or (ecfg.every and step % ecfg.every == 0):
