@@ -112,6 +112,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
             return plan["summary"]
         if is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
+            _note_config_changes(output_dir / "config_resolved.yaml", resolved, plan)
             OmegaConf.save(OmegaConf.create(resolved), output_dir / "config_resolved.yaml")
         tracker = Tracker(output_dir, cfg.logger, resolved, _run_name(cfg), enabled=is_main)
         trainer = Trainer(cfg, output_dir, tracker, acc)
@@ -151,6 +152,21 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
         print(line(summary), flush=True)
         print(f"[rlhf_exp] run folder: {output_dir}", flush=True)
     return summary
+
+
+def _note_config_changes(saved: Path, resolved: dict[str, Any], plan: dict[str, Any]) -> None:
+    """On resume into the same folder, name the settings that differ from the run's first start."""
+    from rlhf_exp.train.checkpoint import config_changes
+
+    if plan.get("action") != "resume" or not saved.exists():
+        return
+    try:
+        changes = config_changes(OmegaConf.to_container(OmegaConf.load(saved), resolve=False), resolved)
+    except Exception:  # noqa: BLE001 - an unreadable old config only costs the notice
+        return
+    if changes:
+        print(f"[rlhf_exp] resuming with settings that differ from this run's start (the new ones apply; the "
+              f"continuation is no longer that of one uninterrupted run): {'; '.join(changes)}", flush=True)
 
 
 def _resume_hint(output_dir: Path, stop: BaseException) -> str:

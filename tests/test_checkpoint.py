@@ -353,3 +353,9 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
         ids.append(t.wandb_run.id)
         t.close()
     assert ids[0] == ids[1] == (tmp_path / WANDB_ID_FILE).read_text().strip()
+
+
+def test_config_changes_name_what_differs_on_resume():
+    old = {"train": {"lr": 1e-3, "steps": 10, "resume": "auto"}, "logger": {"kind": "wandb"}, "seed": 0}
+    new = {"train": {"lr": 2e-3, "steps": 20, "resume": "auto"}, "logger": {"kind": "none"}, "seed": 0, "x": 1}
+    assert ck.config_changes(old, new) == ["train.lr: 0.001 -> 0.002", "x: None -> 1"]

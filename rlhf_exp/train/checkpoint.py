@@ -241,6 +241,29 @@ def newest_complete(folder: Path, quiet: bool = False) -> Optional[tuple[int, Pa
     return None
 
 
+# ---------------------------------------------------------------------------------------------------- config
+RESUME_FREE_KEYS = ("train.steps", "train.resume", "train.checkpoint_every", "train.keep_checkpoints", "logger.",
+                    "run_name", "device")
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, Mapping):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for each setting that differs between the resolved config a run started with and the one
+    it resumes with, leaving out those that may change (``train.steps``, checkpoint settings, the logger)."""
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == f or (f.endswith(".") and k.startswith(f))
+                                                for f in RESUME_FREE_KEYS)]
+
+
 # ---------------------------------------------------------------------------------------------------- loop state
 def _is_engine_object(value: Any) -> bool:
     """Objects that accelerate's save_state saves (or that are rebuilt from the config): modules, optimizers,
