@@ -440,6 +440,9 @@ class Checkpointer:
                     f"continue that run from its newest checkpoint.")
             return {"action": "fresh"}
         summary = _readable_summary(run_dir)
+        if self.folder.is_dir():  # a save cut short by a kill leaves its temporary folder: never used, removed
+            for p in self.folder.glob(".tmp-*"):
+                shutil.rmtree(p, ignore_errors=True)
         if setting == "auto":
             found = newest_complete(self.folder)
             finished = summary.get("status") == "finished" and int(summary.get("steps", -1)) == self.steps
@@ -455,6 +458,8 @@ class Checkpointer:
                     print(f"[rlhf_exp] {run_dir} holds an earlier attempt without a usable checkpoint: starting from "
                           f"step 0 (its metrics.jsonl and samples.jsonl lines are replaced).", flush=True)
                 self._cut_logs(-1)
+                with contextlib.suppress(FileNotFoundError):   # the earlier attempt's (failed) summary
+                    (run_dir / "summary.json").unlink()
                 return {"action": "fresh"}
             step, path = found
         else:
