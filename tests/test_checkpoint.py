@@ -268,6 +268,13 @@ def test_loop_state_round_trip_restores_samplers_generators_and_baselines():
     class Obj:
         def __init__(self):
             self.moving = MovingAverageBaseline(0.9)
+            self.count = 0
+
+        def state_dict(self):
+            return {"count": self.count}
+
+        def load_state_dict(self, state):
+            self.count = state["count"]
 
     class Loop:
         def __init__(self):
@@ -282,6 +289,7 @@ def test_loop_state_round_trip_restores_samplers_generators_and_baselines():
     a = Loop()
     a.sampler.next(3), torch.rand(2, generator=a.gen), a.kl_ctl.update(3.0, 8)
     a.reward_moments.update(torch.tensor([1.0, 2.0])), a.objective.moving(2.0)
+    a.objective.count = 7
     state = ck.loop_state(a, step=3, wall_s=1.0)
     expect = (a.sampler.next(12), torch.rand(3, generator=a.gen), a.kl_ctl.value, a.reward_moments.mean,
               a.objective.moving(4.0), a.rng.random())
@@ -290,7 +298,7 @@ def test_loop_state_round_trip_restores_samplers_generators_and_baselines():
     got = (b.sampler.next(12), torch.rand(3, generator=b.gen), b.kl_ctl.value, b.reward_moments.mean,
            b.objective.moving(4.0), b.rng.random())
     assert got[0] == expect[0] and torch.equal(got[1], expect[1]) and got[2:] == expect[2:]
-    assert b.history == {"eval/kl": [(0, 0.0)]}
+    assert b.history == {"eval/kl": [(0, 0.0)]} and b.objective.count == 7
 
 
 def test_compare_names_and_skips_a_run_with_an_unreadable_summary(tmp_path, capsys):

@@ -323,11 +323,14 @@ def restore(value: Any, kind: str, state: Any) -> None:
 
 
 def _objects(trainer) -> dict[str, Any]:
-    """The loop's attributes and its objective's (``objective.<name>``), by name."""
+    """The loop's attributes and its objective's (``objective.<name>``; the objective itself when it has
+    ``state_dict()``/``load_state_dict()``), by name."""
     out = {name: v for name, v in vars(trainer).items() if name not in ("objective", "cfg", "history")}
     objective = getattr(trainer, "objective", None)
     if objective is not None:
         out.update({f"objective.{n}": v for n, v in vars(objective).items() if not _simple(v)})
+        if callable(getattr(objective, "state_dict", None)) and callable(getattr(objective, "load_state_dict", None)):
+            out["objective"] = objective     # an objective may also keep plain-number state behind state_dict()
     return out
 
 
