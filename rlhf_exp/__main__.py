@@ -10,6 +10,7 @@ Examples::
 """
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 import traceback
@@ -79,13 +80,14 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     is printed, and the error is raised again (in a Hydra multirun the next jobs still run; see docs/sweeps.md).
     """
     from rlhf_exp.tracking import Tracker
+    from rlhf_exp.train.checkpoint import Checkpointer, RunFolderBusy, RunInterrupted
     from rlhf_exp.train.common import make_accelerator, quiet_libraries, seed_everything
     from rlhf_exp.train.online import OnlineTrainer, summary_line
 
     output_dir = Path(output_dir) if output_dir is not None else _output_dir(cfg)
     t0 = time.perf_counter()
     is_main = launcher_rank() == 0  # until the accelerator says
-    tracker = trainer = None
+    tracker = trainer = checkpointer = None
     try:
         validate(cfg)
         quiet_libraries()
@@ -100,14 +102,35 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
         acc = make_accelerator(cfg)
         is_main = acc.is_main_process
         output_dir = shared_output_dir(acc, output_dir)
+        checkpointer = Checkpointer(cfg, output_dir, acc)
+        plan = checkpointer.open()     # lock the folder; resume from a checkpoint, start fresh, or skip a finished run
+        if plan["action"] == "skip":
+            checkpointer.close()
+            if is_main:
+                print(f"[rlhf_exp] {output_dir} holds this run, finished ({plan['summary'].get('steps')} steps): "
+                      f"nothing to do. Use another folder to run it again.", flush=True)
+            return plan["summary"]
         if is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
+            _note_config_changes(output_dir / "config_resolved.yaml", resolved, plan)
             OmegaConf.save(OmegaConf.create(resolved), output_dir / "config_resolved.yaml")
         tracker = Tracker(output_dir, cfg.logger, resolved, _run_name(cfg), enabled=is_main)
         trainer = Trainer(cfg, output_dir, tracker, acc)
+        trainer.checkpointer = checkpointer
         summary = trainer.train()
+    except RunInterrupted as e:      # SIGTERM / SIGINT: a checkpoint was saved at the step boundary
+        try:
+            trainer.finish(checkpointer.elapsed(), status="interrupted")
+        finally:
+            tracker.close(failed=True)
+            checkpointer.close()
+            if is_main:
+                print(_resume_hint(output_dir, e), file=sys.stderr, flush=True)
+        raise
     except BaseException as e:
         partial: dict[str, Any] = {}
+        if isinstance(e, (RunFolderBusy, FileExistsError)) and (checkpointer is None or checkpointer.lock is None):
+            raise        # the folder belongs to another run: write nothing into it
         if trainer is not None:
             try:
                 partial = trainer.finish(time.perf_counter() - t0, status=f"failed: {type(e).__name__}: {e}")
@@ -120,12 +143,49 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
                 print(f"[rlhf_exp] could not write the failure summary: {report_error}", file=sys.stderr)
         if tracker is not None:
             tracker.close(failed=True)
+        if checkpointer is not None:
+            checkpointer.close()
         raise
     tracker.close()
+    checkpointer.close()
     if is_main:
         print(line(summary), flush=True)
         print(f"[rlhf_exp] run folder: {output_dir}", flush=True)
     return summary
+
+
+def _note_config_changes(saved: Path, resolved: dict[str, Any], plan: dict[str, Any]) -> None:
+    """On resume into the same folder, name the settings that differ from the run's first start."""
+    from rlhf_exp.train.checkpoint import config_changes
+
+    if plan.get("action") != "resume" or not saved.exists():
+        return
+    try:
+        changes = config_changes(OmegaConf.to_container(OmegaConf.load(saved), resolve=False), resolved)
+    except Exception:  # noqa: BLE001 - an unreadable old config only costs the notice
+        return
+    if changes:
+        print(f"[rlhf_exp] resuming with settings that differ from this run's start (the new ones apply; the "
+              f"continuation is no longer that of one uninterrupted run): {'; '.join(changes)}", flush=True)
+
+
+def _resume_hint(output_dir: Path, stop: BaseException) -> str:
+    """The line an interrupted run ends with: where its checkpoint is and the command that continues it."""
+    from hydra.types import RunMode
+
+    saved = getattr(stop, "checkpoint", None)
+    where = f"checkpoint {saved}" if saved else "no new checkpoint (the save failed)"
+    signame, step = getattr(stop, "signame", "signal"), getattr(stop, "step", "?")
+    head = f"[rlhf_exp] INTERRUPTED ({signame}) after step {step}; {where}."
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return (f"{head}\n[rlhf_exp] To resume: run the same sweep command again with "
+                    f"hydra.sweep.dir={hc.sweep.dir} (finished jobs are skipped, this one continues).")
+        args = [shlex.quote(o) for o in hc.overrides.task if not o.startswith("hydra.run.dir=")]
+        cmd = " ".join(["python -m rlhf_exp", *args, f"hydra.run.dir={shlex.quote(str(output_dir))}"])
+        return f"{head}\n[rlhf_exp] To resume (with the same launcher, torchrun or accelerate launch, if any): {cmd}"
+    return f"{head}\n[rlhf_exp] To resume: run again with the same output folder {output_dir} (train.resume=auto)."
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -141,8 +201,13 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     # Under torchrun/accelerate every rank runs this; only rank 0 lets Hydra create the run folder.
+    from rlhf_exp.train.checkpoint import RunInterrupted
+
     sys.argv.extend(hydra_overrides_for_rank(launcher_rank()))
-    _hydra_main()
+    try:
+        _hydra_main()
+    except RunInterrupted as e:   # stopped by SIGTERM / SIGINT after saving a checkpoint: exit 128 + signal number
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

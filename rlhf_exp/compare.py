@@ -181,8 +181,13 @@ def load_run_dir(path: Path, name: Optional[str] = None) -> RunRecord:
     path = Path(path)
     summary: dict[str, Any] = {}
     if (path / "summary.json").exists():
-        summary = json.loads((path / "summary.json").read_text())
-        status = str(summary.get("status", FINISHED))
+        try:
+            summary = dict(json.loads((path / "summary.json").read_text()))
+            status = str(summary.get("status", FINISHED))
+        except (OSError, ValueError, TypeError) as e:   # cut short or garbled: name it, leave the run out
+            summary, status = {}, f"unreadable summary.json ({type(e).__name__}: {e})"
+            print(f"[compare] skipping {path}: its summary.json is unreadable ({type(e).__name__}: {e}).",
+                  file=sys.stderr)
     elif (path / "metrics.jsonl").exists():
         status = "no summary (still running, or killed)"
     else:
@@ -197,11 +202,15 @@ def load_run_dir(path: Path, name: Optional[str] = None) -> RunRecord:
             break
     params: dict[str, str] = {}
     hydra_yaml = path / ".hydra" / "hydra.yaml"
-    if hydra_yaml.exists():
-        choices = OmegaConf.load(hydra_yaml).hydra.runtime.get("choices") or {}
-        params.update({k: str(v) for k, v in choices.items() if not k.startswith("hydra/") and v is not None})
-    if (path / ".hydra" / "overrides.yaml").exists():
-        params.update(_parse_overrides(OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))))
+    try:
+        if hydra_yaml.exists():
+            choices = OmegaConf.load(hydra_yaml).hydra.runtime.get("choices") or {}
+            params.update({k: str(v) for k, v in choices.items() if not k.startswith("hydra/") and v is not None})
+        if (path / ".hydra" / "overrides.yaml").exists():
+            params.update(_parse_overrides(OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))))
+    except Exception as e:  # noqa: BLE001 - any parse error of a damaged file
+        print(f"[compare] {path}/.hydra is unreadable ({type(e).__name__}); its overrides are not shown.",
+              file=sys.stderr)
     history = _history(_read_jsonl(path / "metrics.jsonl"), EVAL_KEYS + ("perf/samples_per_s",))
     return RunRecord(name=name or path.name, source=str(path), status=status, params=params, config=config,
                      summary=summary, history=history)

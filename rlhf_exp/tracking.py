@@ -10,6 +10,7 @@ import json
 import math
 import netrc
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -26,14 +27,26 @@ def _jsonable(v: Any) -> Any:
 
 def write_summary(output_dir: Path, values: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``<output_dir>/summary.json`` (non-finite floats made JSON-safe); returns what was written."""
+    from rlhf_exp.train.checkpoint import atomic_write_text
+
     clean = {k: _jsonable(v) for k, v in values.items()}
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(output_dir) / "summary.json", "w") as f:
-        json.dump(clean, f, indent=2)
+    atomic_write_text(Path(output_dir) / "summary.json", json.dumps(clean, indent=2))  # never half-written
     return clean
 
 
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 WANDB_TAG_MAX = 64  # W&B rejects longer tags
+WANDB_ID_FILE = "wandb_run_id"  # in the run folder: the id of its W&B run (a resumed run continues it)
 
 
 def sweep_group(sweep_dir: str, max_len: int = 128) -> str:
@@ -100,6 +113,8 @@ class Tracker:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._metrics_f = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
         self._samples_f = open(self.output_dir / "samples.jsonl", "a", buffering=1)
+        self._sample_rows = [[r["step"], r["split"], r["prompt"], r["completion"], r["reward"]]  # a resumed run's
+                             for r in _read_rows(self.output_dir / "samples.jsonl")]             # earlier samples
         if self.kind == "wandb":
             self._init_wandb(logger_cfg, run_config, run_name)
         elif self.kind == "tensorboard":
@@ -121,7 +136,14 @@ class Tracker:
                 print(f"[rlhf_exp] No W&B credentials found: logging offline to {self.output_dir / 'wandb'} "
                       f"(sync later with `wandb sync`, or run `wandb login` / set WANDB_API_KEY).", flush=True)
         tags = [str(t)[:WANDB_TAG_MAX] for t in cfg.get("tags") or []]
+        # One W&B run per run folder: its id is kept in the folder, so a resumed run continues the same W&B run.
+        id_file = self.output_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.exists() else ""
+        if not run_id:
+            run_id = secrets.token_hex(4)          # not the global random module: that is seeded run state
+            id_file.write_text(run_id + "\n")
         self._wandb = wandb.init(
+            id=run_id, resume="allow",
             project=cfg.get("project", "rlhf_exp"), entity=cfg.get("entity"), group=cfg.get("group"),
             job_type=cfg.get("job_type"), name=run_name, tags=tags or None, config=dict(run_config),
             dir=str(self.output_dir), mode=mode, reinit="finish_previous",

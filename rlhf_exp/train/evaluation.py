@@ -29,6 +29,7 @@ from rlhf_exp.distributed import mean_over_ranks, model_for_generation
 from rlhf_exp.metrics import ends_with_eos, text_monitors
 from rlhf_exp.modeling import PolicyModel, load_tokenizer, score_responses
 from rlhf_exp.rollout import SamplingSettings, generate, pad_left, sample_lengths
+from rlhf_exp.train.checkpoint import atomic_dir
 from rlhf_exp.train.common import make_accelerator, save_policy
 
 
@@ -235,7 +236,8 @@ class PolicyEvaluation:
         """Save what the run trained (the policy, in Hugging Face format; a LoRA policy merged unless
         ``model.lora.save=adapter``); return summary entries naming it."""
         merge = (self.cfg.model.get("lora") or {}).get("save", "merged") == "merged"
-        save_policy(self.unwrapped, self.tokenizer, self.output_dir / "policy", merge_lora=merge)
+        with atomic_dir(self.output_dir / "policy") as tmp:    # a failed save leaves an earlier policy/ as it was
+            save_policy(self.unwrapped, self.tokenizer, tmp, merge_lora=merge)
         return {"policy_dir": str(self.output_dir / "policy")}
 
     def finish(self, wall_s: float, status: str = "finished") -> dict[str, Any]:

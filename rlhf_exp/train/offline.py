@@ -31,6 +31,7 @@ from rlhf_exp.objectives.offline_base import Context
 from rlhf_exp.objectives.reward_modelling import REWARD_MODEL_DIR
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.tracking import Tracker
+from rlhf_exp.train import checkpoint
 from rlhf_exp.train.common import NonFiniteLossError
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line
 
@@ -177,17 +178,20 @@ class OfflineTrainer(PolicyEvaluation):
     # ------------------------------------------------------------------------------------------ run
     def train(self) -> dict[str, Any]:
         tcfg, ecfg = self.cfg.train, self.cfg.eval
-        t_start = time.perf_counter()
-        self._record(self.evaluate(0), 0)
+        start, t_start = checkpoint.begin(self)      # 0, or the step of the checkpoint this run resumes from
+        if start == 0:
+            self._record(self.evaluate(0), 0)
         loss_key = f"train/{self.objective.summary_stats[0]}"      # the objective's loss, for the progress bar
-        bar = tqdm(range(1, tcfg.steps + 1), desc=self.objective.name, disable=not self.is_main,
-                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+        bar = tqdm(range(start + 1, tcfg.steps + 1), desc=self.objective.name, disable=not self.is_main,
+                   initial=start, total=tcfg.steps, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
         for step in bar:
             metrics = self.train_step(step)
             if step == tcfg.steps or (ecfg.every and step % ecfg.every == 0):
                 metrics.update(self.evaluate(step))
             self._record(metrics, step)
             bar.set_postfix(loss=f"{metrics.get(loss_key, math.nan):.4f}")
+            checkpoint.step_done(self, step, t_start)
         bar.close()
         return self.finish(time.perf_counter() - t_start)
 
@@ -196,11 +200,12 @@ class OfflineTrainer(PolicyEvaluation):
             return super().save_outputs()
         path = self.output_dir / REWARD_MODEL_DIR
         model = self.acc.unwrap_model(self.model)
-        model.save_pretrained(path, safe_serialization=True)
-        tok = self.tokenizer
-        side, tok.padding_side = tok.padding_side, "right"     # reward models score right-padded batches
-        tok.save_pretrained(path)
-        tok.padding_side = side
+        with checkpoint.atomic_dir(path) as tmp:                # a failed save leaves an earlier folder as it was
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok = self.tokenizer
+            side, tok.padding_side = tok.padding_side, "right"     # reward models score right-padded batches
+            tok.save_pretrained(tmp)
+            tok.padding_side = side
         return {"reward_model_dir": str(path)}
 
 

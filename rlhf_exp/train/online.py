@@ -31,6 +31,7 @@ from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
+from rlhf_exp.train import checkpoint
 from rlhf_exp.train.common import NonFiniteLossError, RunningMoments
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
 
@@ -204,12 +205,14 @@ class OnlineTrainer(PolicyEvaluation):
 
     def train(self) -> dict[str, Any]:
         tcfg, ecfg = self.cfg.train, self.cfg.eval
-        t_start = time.perf_counter()
-        self._record(self.evaluate(0), 0)
+        start, t_start = checkpoint.begin(self)      # 0, or the step of the checkpoint this run resumes from
+        if start == 0:
+            self._record(self.evaluate(0), 0)
         import sys
 
-        bar = tqdm(range(1, tcfg.steps + 1), desc=f"{self.objective.name}", disable=not self.is_main,
-                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+        bar = tqdm(range(start + 1, tcfg.steps + 1), desc=f"{self.objective.name}", disable=not self.is_main,
+                   initial=start, total=tcfg.steps, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
         for step in bar:
             metrics = self.train_step(step)
             if ecfg.every and (step % ecfg.every == 0) and step != tcfg.steps:
@@ -219,6 +222,7 @@ class OnlineTrainer(PolicyEvaluation):
             self._record(metrics, step)
             bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}", kl=f"{metrics['train/kl']:.3f}",
                             kl_coef=f"{metrics['train/kl_coef']:.3g}")
+            checkpoint.step_done(self, step, t_start)
         bar.close()
         wall = time.perf_counter() - t_start
         return self.finish(wall)
