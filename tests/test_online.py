@@ -227,3 +227,66 @@ def test_evaluate_only_a_saved_policy_against_its_reference(tmp_path):
 def test_reference_path_must_share_the_vocabulary(tmp_path, tiny_gpt2_dir):
     with pytest.raises(ValueError, match="same tokenizer"):
         run(compose(SMALL + ["train.steps=0", f"model.ref_path={tiny_gpt2_dir}"]), tmp_path)
+
+
+def test_dynamic_sampling_drops_equal_reward_groups_and_refills(tmp_path, monkeypatch):
+    """DAPO dynamic sampling through the loop: the first training rollout gets one reward for everything (both
+    groups dropped), the next one varied rewards (kept); with max_tries=1 the batch is filled with the dropped
+    groups instead, and the log says so."""
+    from rlhf_exp.rewards.hf_classifier import HFClassifierReward
+
+    calls = {"train": 0}
+
+    def score(self, prompts, completions, **kw):
+        if len(completions) != 8:            # evaluation (4 prompts)
+            return [0.0] * len(completions)
+        calls["train"] += 1
+        return [0.0] * 8 if calls["train"] == 1 else [float(i % 2) for i in range(8)]
+
+    monkeypatch.setattr(HFClassifierReward, "score", score)
+    base = SMALL + ["objective=grpo", "objective.group_size=4", "objective.dynamic_sampling.enable=true",
+                    "dataset.eval_size=4", "train.steps=1"]
+    run(compose(base), tmp_path / "refill")
+    r = read_metrics(tmp_path / "refill")[1]
+    assert calls["train"] == 2
+    assert (r["train/dynamic_sampling/dropped_groups"], r["train/dynamic_sampling/tries"],
+            r["train/dynamic_sampling/filled_groups"]) == (2.0, 2.0, 0.0)
+    assert r["train/reward_std"] > 0 and r["train/zero_std_group_frac"] == 0.0
+    calls["train"] = 0
+    run(compose(base + ["objective.dynamic_sampling.max_tries=1"]), tmp_path / "cap")
+    r = read_metrics(tmp_path / "cap")[1]
+    assert calls["train"] == 1
+    assert (r["train/dynamic_sampling/dropped_groups"], r["train/dynamic_sampling/filled_groups"]) == (2.0, 2.0)
+    assert r["train/zero_std_group_frac"] == 1.0
+
+
+def test_mask_truncated_completions_in_the_loop(tmp_path, monkeypatch):
+    """With every response flagged as cut at its length limit, mask_truncated_completions leaves nothing to learn
+    from: zero gradient; without the option the same run has a gradient."""
+    import rlhf_exp.train.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "ends_with_eos", lambda ids, mask, eos: torch.zeros(ids.shape[0], dtype=torch.bool))
+    for flag in (True, False):
+        run(compose(SMALL + ["objective=grpo", "objective.group_size=4", "train.steps=1",
+                             f"objective.mask_truncated_completions={str(flag).lower()}"]), tmp_path / str(flag))
+        r = read_metrics(tmp_path / str(flag))[1]
+        assert r["train/truncated_frac"] == 1.0
+        assert (r["train/grad_norm"] == 0.0) == flag, r["train/grad_norm"]
+
+
+def test_reinforce_takes_one_optimizer_step_per_rollout_batch(tmp_path):
+    """reinforce, kl_reinforce and token_reinforce have no importance ratio, so their default is one optimizer step
+    per rollout batch (train.mini_batch_size=null: the whole batch); remax too."""
+    for name in ("reinforce", "kl_reinforce", "token_reinforce", "remax"):
+        cfg = compose([f"objective={name}"])
+        assert cfg.train.mini_batch_size is None and cfg.train.epochs == 1, name
+    cfg = compose(SMALL + ["objective=reinforce", "train.mini_batch_size=null", "train.steps=1"])
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.train.online import OnlineTrainer
+
+    trainer = OnlineTrainer(cfg, tmp_path, Tracker(tmp_path, cfg.logger, {}, "t", enabled=False))
+    steps = []
+    original = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: (steps.append(1), original(*a, **k))[1]
+    trainer.train_step(1)
+    assert trainer.mini_batch == 8 and len(steps) == 1
