@@ -58,6 +58,13 @@ def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "toke
 LOG_RATIO_CLAMP = 20.0  # |log pi - log pi_old| is clamped to this before exp (verl's core_algos does the same)
 
 
+def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token ``pi / pi_old = exp(clamp(log pi - log pi_old, -20, 20))``, 1 at padded positions (whatever they
+    hold). ``(B, T) -> (B, T)``, differentiable in ``logprobs``."""
+    log_ratio = torch.where(mask.bool(), logprobs - old_logprobs, torch.zeros_like(logprobs))
+    return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+
+
 def clipped_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

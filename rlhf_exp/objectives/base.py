@@ -35,7 +35,7 @@ import torch
 
 from rlhf_exp.core.advantages import sequence_rewards
 from rlhf_exp.core.kl import check_estimator, per_token_kl
-from rlhf_exp.core.losses import aggregate_loss
+from rlhf_exp.core.losses import aggregate_loss, importance_ratio
 from rlhf_exp.core.masked import Reduce, masked_mean
 from rlhf_exp.modeling import ResponseOutput
 
@@ -73,6 +73,8 @@ class OnlineObjective:
         self.clip_ratio_c = None if c is None else float(c)
         if self.clip_ratio_c is not None and not self.clip_ratio_c > 1.0:
             raise ValueError(f"objective.clip_ratio_c={self.clip_ratio_c} must be > 1 (verl uses 3.0), or null.")
+        # TRL GRPOConfig.use_bias_correction_kl (its default since 1.x): the KL term in the loss times pi/pi_old
+        self.kl_bias_correction = bool(cfg.get("kl_bias_correction", False))
         # TRL GRPOConfig.mask_truncated_completions: responses cut at their length limit (no EOS) take no loss
         self.mask_truncated = bool(cfg.get("mask_truncated_completions", False))
         ds = cfg.get("dynamic_sampling") or {}
@@ -142,6 +144,10 @@ class OnlineObjective:
              ref_full_kl: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Stats]:
         """Total loss = objective loss (+ ``kl_coef`` * KL term when KL is in the loss) - ``entropy_coef`` * entropy.
 
+        With ``kl_bias_correction`` (TRL's ``use_bias_correction_kl``, DeepSeek-V3.2) the per-token KL term is
+        multiplied by the (differentiable) ratio ``pi / pi_old``, so that samples from the sampling policy estimate
+        the current policy's KL; this changes the gradient even where the ratio is 1.
+
         Args:
             out: the policy's forward pass on the minibatch.
             mb: the minibatch (see the module docstring).
@@ -155,6 +161,8 @@ class OnlineObjective:
         stats = dict(stats)
         if not self.kl_in_reward and kl_coef != 0.0:
             kl_tok = per_token_kl(self.kl_estimator, out.logprobs, mb["ref_logprobs"], ref_full_kl)
+            if self.kl_bias_correction:
+                kl_tok = kl_tok * importance_ratio(out.logprobs, mb["old_logprobs"], mask)
             kl_loss = self.aggregate(kl_tok, mask)
             loss = loss + kl_coef * kl_loss
             stats["loss/kl"] = kl_loss.detach()
