@@ -277,9 +277,12 @@ def test_mask_truncated_completions_in_the_loop(tmp_path, monkeypatch):
 def test_reinforce_takes_one_optimizer_step_per_rollout_batch(tmp_path):
     """reinforce, kl_reinforce and token_reinforce have no importance ratio, so their default is one optimizer step
     per rollout batch (train.mini_batch_size=null: the whole batch); remax too."""
+    from rlhf_exp.config import validate
+
     for name in ("reinforce", "kl_reinforce", "token_reinforce", "remax"):
         cfg = compose([f"objective={name}"])
         assert cfg.train.mini_batch_size is None and cfg.train.epochs == 1, name
+        validate(cfg)
     cfg = compose(SMALL + ["objective=reinforce", "train.mini_batch_size=null", "train.steps=1"])
     from rlhf_exp.tracking import Tracker
     from rlhf_exp.train.online import OnlineTrainer
@@ -290,3 +293,18 @@ def test_reinforce_takes_one_optimizer_step_per_rollout_batch(tmp_path):
     trainer.optimizer.step = lambda *a, **k: (steps.append(1), original(*a, **k))[1]
     trainer.train_step(1)
     assert trainer.mini_batch == 8 and len(steps) == 1
+
+
+def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
+    """Reproducibility on one CPU machine: two runs of one command log identical metrics (timings aside), for the
+    default objective and for a group objective with dynamic sampling and an eval in the middle."""
+    for extra in (["train.steps=2"], ["objective=grpo", "objective.group_size=4", "train.steps=3", "eval.every=2",
+                                     "objective.dynamic_sampling.enable=true"]):
+        rows = []
+        for i in (0, 1):
+            run(compose(SMALL + extra + ["seed=3"]), tmp_path / f"{len(extra)}_{i}")
+            rows.append([{k: v for k, v in r.items() if not k.startswith("perf/")}
+                         for r in read_metrics(tmp_path / f"{len(extra)}_{i}")])
+        assert len(rows[0]) == len(rows[1]) > 2
+        for a, b in zip(*rows):
+            assert a == b
