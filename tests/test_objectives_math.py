@@ -376,3 +376,22 @@ def test_dynamic_sampling_helpers():
     with pytest.raises(ValueError, match="dynamic_sampling"):
         build_online_objective({"name": "ppo", "dynamic_sampling": {"enable": True}},
                                {"estimator": None, "in_reward": None})
+
+
+def test_reinforce_importance_weighting_scales_each_sequence_by_its_ratio():
+    """importance_weighting: the gradient of row i is w_i times the plain one, w_i = exp(sum_t (lp - old)) over its
+    real tokens (row 0: exp(0.2 + 0.1) ; row 1: exp(-0.3), its padded position ignored even if it holds inf)."""
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    old = torch.tensor([[-1.0, -1.0], [-1.0, float("-inf")]])
+    lp0 = torch.tensor([[-0.8, -0.9], [-1.3, 5.0]])
+    mb = {"response_mask": mask, "old_logprobs": old, "advantages": torch.tensor([1.0, -2.0])}
+    grads = {}
+    for flag in (False, True):
+        obj = build_online_objective({"name": "reinforce", "importance_weighting": flag,
+                                      "loss_aggregation": "seq-mean-token-sum"}, {"estimator": None, "in_reward": None})
+        lp = lp0.clone().requires_grad_(True)
+        loss, _ = obj.loss(ResponseOutput(logprobs=lp), mb, 0.0)
+        grads[flag] = torch.autograd.grad(loss, lp)[0]
+    w = torch.tensor([torch.tensor(0.3).exp(), torch.tensor(-0.3).exp()])
+    assert torch.allclose(grads[False], torch.tensor([[-0.5, -0.5], [1.0, 0.0]]))
+    assert torch.allclose(grads[True], grads[False] * w.unsqueeze(1))
