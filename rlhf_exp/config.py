@@ -50,6 +50,8 @@ def validate(cfg: DictConfig) -> None:
     if int(t.steps) < 0:
         raise ValueError(f"train.steps must be >= 0 (0 = evaluate only), got {t.steps}.")
     for key in ("batch_size", "mini_batch_size", "epochs"):
+        if key == "mini_batch_size" and t[key] is None:   # null: the whole per-process batch
+            continue
         if int(t[key]) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {t[key]}.")
     if float(t.lr) <= 0:

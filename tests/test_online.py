@@ -53,17 +53,25 @@ def test_first_update_starts_from_ratio_one(tmp_path):
     assert r["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5) and r["train/clipfrac"] == 0.0
 
 
-@pytest.mark.parametrize("kl", ["fixed", "adaptive", "none"])
-@pytest.mark.parametrize("objective", sorted(ONLINE_OBJECTIVES))
-def test_every_online_objective_runs_with_every_kl_controller(tmp_path, objective, kl):
-    overrides = SMALL + [f"objective={objective}", f"kl={kl}", "train.steps=2"]
+def _objective_overrides(objective):
+    extra = [f"objective={objective}"]
     if objective in ("grpo", "rloo"):
-        overrides.append("objective.group_size=4")
+        extra.append("objective.group_size=4")
     if objective == "token_reinforce":
-        overrides.append("reward_model=tiny_sentiment_tokens")
-    summary = run(compose(overrides), tmp_path)
+        extra.append("reward_model=tiny_sentiment_tokens")
+    return extra
+
+
+KL_OF = {name: ("fixed", "adaptive", "none")[i % 3] for i, name in enumerate(sorted(ONLINE_OBJECTIVES))}
+
+
+@pytest.mark.parametrize("objective", sorted(ONLINE_OBJECTIVES))
+def test_every_online_objective_runs(tmp_path, objective):
+    """A 2-step smoke run per objective (the KL controllers take turns): every step logs finite metrics."""
+    kl = KL_OF[objective]
+    summary = run(compose(SMALL + _objective_overrides(objective) + [f"kl={kl}", "train.steps=2"]), tmp_path)
     rows = read_metrics(tmp_path)
-    assert len(rows) == 3
+    assert [r["step"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
         assert {"train/reward_mean", "train/kl", "train/kl_coef", "train/entropy", "train/loss/total"} <= set(r)
         if kl == "none":
@@ -73,12 +81,66 @@ def test_every_online_objective_runs_with_every_kl_controller(tmp_path, objectiv
     assert summary["objective"] == objective
 
 
+@pytest.mark.parametrize("objective", sorted(ONLINE_OBJECTIVES))
+def test_one_update_moves_the_rewarded_response_the_right_way(tmp_path, objective):
+    """The cheapest learning check, through the real loop (train_step): one update on a batch where the first
+    completion of each prompt group has reward 1 and the others 0 raises its sequence log-probability and lowers
+    the others' on average; from the same starting point with the reward's sign flipped, the reverse. A sign error
+    anywhere between the reward and the optimizer step fails this."""
+    import copy
+
+    from rlhf_exp.core.advantages import place_on_last_token
+    from rlhf_exp.modeling import score_responses
+    from rlhf_exp.rollout import sample_lengths
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.train.online import OnlineTrainer
+
+    cfg = compose(SMALL + _objective_overrides(objective) + ["kl=none", "train.steps=1", "train.lr=1e-3", "seed=0"])
+    trainer = OnlineTrainer(cfg, tmp_path, Tracker(tmp_path, cfg.logger, {}, "t", enabled=False))
+    G = trainer.objective.group_size
+    prompts = [p for p in trainer.sampler.next(trainer.local_batch // G) for _ in range(G)]
+    lengths = sample_lengths(len(prompts), trainer.sampling, trainer.len_gen)
+    batch, info = trainer.rollout(prompts, lengths, trainer.sampling)
+    n = len(prompts)
+    rewarded = torch.arange(n) % G == 0 if G > 1 else torch.arange(n) == 0
+    start = copy.deepcopy(trainer.policy.state_dict()), copy.deepcopy(trainer.optimizer.state_dict())
+
+    def logprobs():
+        with torch.no_grad():
+            out = score_responses(trainer.policy, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
+                                  batch["response_mask"], trainer.sampling.temperature)
+        return (out.logprobs * batch["response_mask"]).sum(1)
+
+    for sign in (1.0, -1.0):
+        trainer.policy.load_state_dict(start[0])
+        trainer.optimizer.load_state_dict(start[1])
+        scored = {**batch, "raw_scores": sign * rewarded.float()}
+        if "token_scores" in batch:   # per-token rewards: the whole score on the last token
+            scored["token_scores"] = place_on_last_token(scored["raw_scores"], batch["response_mask"])
+
+        def fixed_rollout(prompts, lengths, sampling, score_with_ref=True, scored=scored):
+            if not sampling.do_sample:   # ReMax's greedy baseline: reward 0
+                return {**scored, "raw_scores": torch.zeros(n)}, info
+            return {k: v.clone() for k, v in scored.items()}, info
+
+        trainer.rollout = fixed_rollout
+        before = logprobs()
+        trainer.train_step(1)
+        delta = logprobs() - before
+        chosen, others = delta[rewarded].mean().item(), delta[~rewarded].mean().item()
+        assert sign * chosen > 0 and sign * (chosen - others) > 0, (sign, chosen, others)
+
+
 def test_full_kl_estimator_in_reward_and_in_loss(tmp_path):
+    """kl.estimator=full: the exact per-token KL over the vocabulary. At step 1's rollout the policy is the
+    reference, so the logged penalty is 0 (up to float error); in the loss (grpo) the term loss/kl is active."""
     for obj, extra in (("ppo", []), ("grpo", ["objective.group_size=4"])):
         run(compose(SMALL + [f"objective={obj}", "kl=fixed", "kl.estimator=full", "train.steps=1"] + extra),
             tmp_path / obj)
         r = read_metrics(tmp_path / obj)[1]
-        assert r["train/kl_penalty"] >= -1e-6   # exact KL is never negative
+        assert r["train/kl_penalty"] == pytest.approx(0.0, abs=1e-5)
+        if obj == "grpo":
+            assert "train/loss/kl" in r
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_what_was_written(tmp_path, monkeypatch):
@@ -165,3 +227,84 @@ def test_evaluate_only_a_saved_policy_against_its_reference(tmp_path):
 def test_reference_path_must_share_the_vocabulary(tmp_path, tiny_gpt2_dir):
     with pytest.raises(ValueError, match="same tokenizer"):
         run(compose(SMALL + ["train.steps=0", f"model.ref_path={tiny_gpt2_dir}"]), tmp_path)
+
+
+def test_dynamic_sampling_drops_equal_reward_groups_and_refills(tmp_path, monkeypatch):
+    """DAPO dynamic sampling through the loop: the first training rollout gets one reward for everything (both
+    groups dropped), the next one varied rewards (kept); with max_tries=1 the batch is filled with the dropped
+    groups instead, and the log says so."""
+    from rlhf_exp.rewards.hf_classifier import HFClassifierReward
+
+    calls = {"train": 0}
+
+    def score(self, prompts, completions, **kw):
+        if len(completions) != 8:            # evaluation (4 prompts)
+            return [0.0] * len(completions)
+        calls["train"] += 1
+        return [0.0] * 8 if calls["train"] == 1 else [float(i % 2) for i in range(8)]
+
+    monkeypatch.setattr(HFClassifierReward, "score", score)
+    base = SMALL + ["objective=grpo", "objective.group_size=4", "objective.dynamic_sampling.enable=true",
+                    "dataset.eval_size=4", "train.steps=1"]
+    run(compose(base), tmp_path / "refill")
+    r = read_metrics(tmp_path / "refill")[1]
+    assert calls["train"] == 2
+    assert (r["train/dynamic_sampling/dropped_groups"], r["train/dynamic_sampling/tries"],
+            r["train/dynamic_sampling/filled_groups"]) == (2.0, 2.0, 0.0)
+    assert r["train/reward_std"] > 0 and r["train/zero_std_group_frac"] == 0.0
+    calls["train"] = 0
+    run(compose(base + ["objective.dynamic_sampling.max_tries=1"]), tmp_path / "cap")
+    r = read_metrics(tmp_path / "cap")[1]
+    assert calls["train"] == 1
+    assert (r["train/dynamic_sampling/dropped_groups"], r["train/dynamic_sampling/filled_groups"]) == (2.0, 2.0)
+    assert r["train/zero_std_group_frac"] == 1.0
+
+
+def test_mask_truncated_completions_in_the_loop(tmp_path, monkeypatch):
+    """With every response flagged as cut at its length limit, mask_truncated_completions leaves nothing to learn
+    from: zero gradient; without the option the same run has a gradient."""
+    import rlhf_exp.train.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "ends_with_eos", lambda ids, mask, eos: torch.zeros(ids.shape[0], dtype=torch.bool))
+    for flag in (True, False):
+        run(compose(SMALL + ["objective=grpo", "objective.group_size=4", "train.steps=1",
+                             f"objective.mask_truncated_completions={str(flag).lower()}"]), tmp_path / str(flag))
+        r = read_metrics(tmp_path / str(flag))[1]
+        assert r["train/truncated_frac"] == 1.0
+        assert (r["train/grad_norm"] == 0.0) == flag, r["train/grad_norm"]
+
+
+def test_reinforce_takes_one_optimizer_step_per_rollout_batch(tmp_path):
+    """reinforce, kl_reinforce and token_reinforce have no importance ratio, so their default is one optimizer step
+    per rollout batch (train.mini_batch_size=null: the whole batch); remax too."""
+    from rlhf_exp.config import validate
+
+    for name in ("reinforce", "kl_reinforce", "token_reinforce", "remax"):
+        cfg = compose([f"objective={name}"])
+        assert cfg.train.mini_batch_size is None and cfg.train.epochs == 1, name
+        validate(cfg)
+    cfg = compose(SMALL + ["objective=reinforce", "train.mini_batch_size=null", "train.steps=1"])
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.train.online import OnlineTrainer
+
+    trainer = OnlineTrainer(cfg, tmp_path, Tracker(tmp_path, cfg.logger, {}, "t", enabled=False))
+    steps = []
+    original = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: (steps.append(1), original(*a, **k))[1]
+    trainer.train_step(1)
+    assert trainer.mini_batch == 8 and len(steps) == 1
+
+
+def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
+    """Reproducibility on one CPU machine: two runs of one command log identical metrics (timings aside), for the
+    default objective and for a group objective with dynamic sampling and an eval in the middle."""
+    for extra in (["train.steps=2"], ["objective=grpo", "objective.group_size=4", "train.steps=3", "eval.every=2",
+                                     "objective.dynamic_sampling.enable=true"]):
+        rows = []
+        for i in (0, 1):
+            run(compose(SMALL + extra + ["seed=3"]), tmp_path / f"{len(extra)}_{i}")
+            rows.append([{k: v for k, v in r.items() if not k.startswith("perf/")}
+                         for r in read_metrics(tmp_path / f"{len(extra)}_{i}")])
+        assert len(rows[0]) == len(rows[1]) > 2
+        for a, b in zip(*rows):
+            assert a == b

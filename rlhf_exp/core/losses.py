@@ -55,6 +55,16 @@ def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "toke
     raise ValueError(f"Unknown loss aggregation {mode!r}. Valid: {', '.join(LOSS_AGGREGATIONS)}.")
 
 
+LOG_RATIO_CLAMP = 20.0  # |log pi - log pi_old| is clamped to this before exp (verl's core_algos does the same)
+
+
+def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token ``pi / pi_old = exp(clamp(log pi - log pi_old, -20, 20))``, 1 at padded positions (whatever they
+    hold). ``(B, T) -> (B, T)``, differentiable in ``logprobs``."""
+    log_ratio = torch.where(mask.bool(), logprobs - old_logprobs, torch.zeros_like(logprobs))
+    return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+
+
 def clipped_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -64,11 +74,16 @@ def clipped_policy_loss(
     clip_high: float | None = None,
     aggregation: str = "token-mean",
     normalizer: float | None = None,
+    clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate at token level (Schulman et al., 2017), with optional asymmetric clipping.
+    """PPO's clipped surrogate at token level (Schulman et al., 2017), with optional asymmetric and dual clipping.
 
-    ``ratio = exp(logprobs - old_logprobs)``; per token ``max(-A * ratio, -A * clip(ratio, 1 - clip_low,
-    1 + clip_high))``, then aggregated with :func:`aggregate_loss`.
+    ``ratio = exp(clamp(logprobs - old_logprobs, -20, 20))`` (padded positions get log-ratio 0, so an inf or NaN
+    log-prob there cannot reach the loss); per token ``L = max(-A * ratio, -A * clip(ratio, 1 - clip_low,
+    1 + clip_high))``. Dual-clip PPO (Ye et al., 2020; ``clip_ratio_c``, following verl's
+    ``core_algos.compute_policy_loss_vanilla``): where ``A < 0`` the loss is further capped at ``-A * clip_ratio_c``,
+    i.e. ``L = min(L, -A * clip_ratio_c)``, so a token whose ratio has grown far above 1 under a negative advantage
+    cannot dominate the update (its gradient is 0 there). Then aggregated with :func:`aggregate_loss`.
 
     Args:
         logprobs: ``(B, T)`` under the policy being optimised (carries the gradient).
@@ -76,16 +91,27 @@ def clipped_policy_loss(
         advantages: ``(B, T)``.
         mask: ``(B, T)``.
         clip_low, clip_high: the clip range ``[1 - clip_low, 1 + clip_high]``; ``clip_high`` defaults to ``clip_low``.
+        clip_ratio_c: the dual-clip bound (> 1, verl's default 3.0); ``None`` = off.
     Returns:
         ``(loss, stats)`` with stats ``ratio_mean``, ``clipfrac`` (share of tokens where the clipped branch was
-        taken) and ``approx_kl`` (``0.5 * mean(log_ratio**2)`` between the new and the sampling policy), detached.
+        taken), ``approx_kl`` (``0.5 * mean(log_ratio**2)`` between the new and the sampling policy) and, with dual
+        clipping, ``clipfrac_lower`` (share of tokens capped by ``clip_ratio_c``), detached.
     """
     clip_high = clip_low if clip_high is None else clip_high
-    log_ratio = logprobs - old_logprobs
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"objective.clip_ratio_c={clip_ratio_c} must be > 1 (dual-clip PPO's bound on the ratio "
+                         f"for negative advantages; verl uses 3.0), or null to turn dual clipping off.")
+    log_ratio = torch.where(mask.bool(), logprobs - old_logprobs, torch.zeros_like(logprobs))
+    log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss_mat = torch.maximum(unclipped, clipped)
+    lower = None
+    if clip_ratio_c is not None:
+        cap = -advantages * clip_ratio_c
+        lower = (advantages < 0) & (loss_mat > cap)
+        loss_mat = torch.where(advantages < 0, torch.minimum(loss_mat, cap), loss_mat)
     loss = aggregate_loss(loss_mat, mask, aggregation, normalizer)
     with torch.no_grad():
         stats = {
@@ -93,6 +119,8 @@ def clipped_policy_loss(
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
             "approx_kl": masked_mean(0.5 * log_ratio.pow(2), mask),
         }
+        if lower is not None:
+            stats["clipfrac_lower"] = masked_mean(lower.float(), mask)
     return loss, stats
 
 
@@ -177,8 +205,9 @@ def clipped_sequence_loss(
         ``(loss, stats)`` with the sequence-level ``ratio_mean`` and ``clipfrac``.
     """
     clip_high = clip_low if clip_high is None else clip_high
-    log_ratio = sequence_logprob(logprobs - old_logprobs, mask, ratio_reduction)
-    ratio = torch.exp(log_ratio.clamp(max=20.0))
+    log_ratio = sequence_logprob(torch.where(mask.bool(), logprobs - old_logprobs, torch.zeros_like(logprobs)), mask,
+                                 ratio_reduction)
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped).mean()

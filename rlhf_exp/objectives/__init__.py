@@ -21,11 +21,12 @@ from rlhf_exp.objectives.ppo import PPO
 from rlhf_exp.objectives.ppo_seq import PPOSeq
 from rlhf_exp.objectives.reinforce import KLReinforce, Reinforce
 from rlhf_exp.objectives.reinforce_pp import ReinforcePP
+from rlhf_exp.objectives.remax import ReMax
 from rlhf_exp.objectives.rloo import RLOO
 from rlhf_exp.objectives.token_reinforce import TokenReinforce
 
 ONLINE_OBJECTIVES: dict[str, type[OnlineObjective]] = {
-    cls.name: cls for cls in (PPO, PPOSeq, Reinforce, KLReinforce, TokenReinforce, GRPO, RLOO, ReinforcePP)
+    cls.name: cls for cls in (PPO, PPOSeq, Reinforce, KLReinforce, TokenReinforce, GRPO, RLOO, ReinforcePP, ReMax)
 }
 
 

@@ -20,6 +20,9 @@ scores         (B,)      the task reward after the loop's preprocessing (scale/c
 token_scores   (B, T)    per-token task rewards (only when the reward model gives them)
 old_values     (B, T)    value estimates at rollout time (objectives with a critic)
 group_ids      (B,)      index of the prompt group (``G`` completions of one prompt share it)
+ends_with_eos  (B,)      1 where the response ended with EOS, 0 where it was cut at its length limit
+baseline_scores (B,)     the task reward of the greedy response to the same prompt (objectives with
+                         ``needs_greedy_baseline``, e.g. ReMax), preprocessed like ``scores``
 ============== ========= =================================================================
 
 ``compute_advantages`` adds ``advantages`` (and ``returns`` for a critic); ``loss`` sees minibatches of that dict.
@@ -32,7 +35,7 @@ import torch
 
 from rlhf_exp.core.advantages import sequence_rewards
 from rlhf_exp.core.kl import check_estimator, per_token_kl
-from rlhf_exp.core.losses import aggregate_loss
+from rlhf_exp.core.losses import aggregate_loss, importance_ratio
 from rlhf_exp.core.masked import Reduce, masked_mean
 from rlhf_exp.modeling import ResponseOutput
 
@@ -51,6 +54,7 @@ class OnlineObjective:
     needs_value = False          # a value head is trained beside the policy
     default_kl_in_reward = True  # where the KL penalty goes unless kl.in_reward says otherwise
     default_kl_estimator = "k1"
+    needs_greedy_baseline = False  # the loop adds ``baseline_scores``: the reward of a greedy response per prompt
 
     def __init__(self, cfg: Mapping[str, Any], kl_cfg: Mapping[str, Any], max_new_tokens: Optional[int] = None):
         self.cfg = cfg
@@ -64,6 +68,23 @@ class OnlineObjective:
         self.loss_aggregation = str(cfg.get("loss_aggregation", "token-mean"))
         if self.group_size < 1:
             raise ValueError(f"objective.group_size must be >= 1, got {self.group_size}.")
+        # dual-clip PPO's bound for negative advantages (objectives with a token-level clipped surrogate)
+        c = cfg.get("clip_ratio_c")
+        self.clip_ratio_c = None if c is None else float(c)
+        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1.0:
+            raise ValueError(f"objective.clip_ratio_c={self.clip_ratio_c} must be > 1 (verl uses 3.0), or null.")
+        # TRL GRPOConfig.use_bias_correction_kl (its default since 1.x): the KL term in the loss times pi/pi_old
+        self.kl_bias_correction = bool(cfg.get("kl_bias_correction", False))
+        # TRL GRPOConfig.mask_truncated_completions: responses cut at their length limit (no EOS) take no loss
+        self.mask_truncated = bool(cfg.get("mask_truncated_completions", False))
+        ds = cfg.get("dynamic_sampling") or {}
+        self.dynamic_sampling = bool(ds.get("enable", False))
+        self.dynamic_sampling_max_tries = int(ds.get("max_tries", 4))
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ValueError("objective.dynamic_sampling.enable=true needs objective.group_size >= 2: it drops the "
+                             "groups of completions of one prompt whose rewards are all equal.")
+        if self.dynamic_sampling_max_tries < 1:
+            raise ValueError(f"objective.dynamic_sampling.max_tries={self.dynamic_sampling_max_tries} must be >= 1.")
 
     # ------------------------------------------------------------------ to implement
     def compute_advantages(self, batch: Batch, kl_coef: float, reduce: Reduce = None) -> Stats:
@@ -90,6 +111,26 @@ class OnlineObjective:
     def aggregate(self, loss_mat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return aggregate_loss(loss_mat, mask, self.loss_aggregation, self.max_new_tokens or mask.shape[1])
 
+    @staticmethod
+    def exclude_truncated(mb: Batch) -> Batch:
+        """``mask_truncated_completions``: a copy of the minibatch in which responses that did not end with EOS
+        (cut at their length limit) have an all-zero ``response_mask`` and zero ``advantages``, so that no term of
+        the loss (policy, KL, entropy, value) sees them. As in TRL's GRPOTrainer they still count in the number of
+        sequences a ``seq-mean-*`` aggregation divides by, and their rewards still entered the advantages of the
+        others (group means, whitening) before this.
+
+        ``mb["ends_with_eos"]``: ``(b,)`` 0/1, set by the loop.
+        """
+        if "ends_with_eos" not in mb:
+            raise KeyError("objective.mask_truncated_completions=true needs the batch's 'ends_with_eos' (b,) flags.")
+        keep = mb["ends_with_eos"].to(mb["response_mask"].dtype)
+        out = dict(mb)
+        out["response_mask"] = mb["response_mask"] * keep.unsqueeze(1)
+        if "advantages" in mb:
+            adv = mb["advantages"]
+            out["advantages"] = adv * (keep if adv.dim() == 1 else keep.unsqueeze(1)).to(adv.dtype)
+        return out
+
     @property
     def needs_entropy_grad(self) -> bool:
         return self.entropy_coef != 0.0
@@ -103,17 +144,25 @@ class OnlineObjective:
              ref_full_kl: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Stats]:
         """Total loss = objective loss (+ ``kl_coef`` * KL term when KL is in the loss) - ``entropy_coef`` * entropy.
 
+        With ``kl_bias_correction`` (TRL's ``use_bias_correction_kl``, DeepSeek-V3.2) the per-token KL term is
+        multiplied by the (differentiable) ratio ``pi / pi_old``, so that samples from the sampling policy estimate
+        the current policy's KL; this changes the gradient even where the ratio is 1.
+
         Args:
             out: the policy's forward pass on the minibatch.
             mb: the minibatch (see the module docstring).
             kl_coef: the controller's current coefficient.
             ref_full_kl: ``(b, T)`` exact per-token KL to the reference (only for ``kl.estimator=full`` in the loss).
         """
+        if self.mask_truncated:
+            mb = self.exclude_truncated(mb)
         mask = mb["response_mask"]
         loss, stats = self.policy_loss(out, mb)
         stats = dict(stats)
         if not self.kl_in_reward and kl_coef != 0.0:
             kl_tok = per_token_kl(self.kl_estimator, out.logprobs, mb["ref_logprobs"], ref_full_kl)
+            if self.kl_bias_correction:
+                kl_tok = kl_tok * importance_ratio(out.logprobs, mb["old_logprobs"], mask)
             kl_loss = self.aggregate(kl_tok, mask)
             loss = loss + kl_coef * kl_loss
             stats["loss/kl"] = kl_loss.detach()

@@ -42,5 +42,6 @@ class GRPO(OnlineObjective):
 
     def policy_loss(self, out: ResponseOutput, mb: Batch) -> tuple:
         loss, stats = clipped_policy_loss(out.logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"],
-                                          self.clip_low, self.clip_high, self.loss_aggregation, self.max_new_tokens)
+                                          self.clip_low, self.clip_high, self.loss_aggregation, self.max_new_tokens,
+                                          self.clip_ratio_c)
         return loss, {**stats, "loss/policy": loss.detach()}

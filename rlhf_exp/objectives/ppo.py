@@ -50,7 +50,7 @@ class PPO(OnlineObjective):
         pg_loss, stats = clipped_policy_loss(
             out.logprobs, mb["old_logprobs"], mb["advantages"], mask, self.cliprange,
             None if self.cliprange_high is None else float(self.cliprange_high), self.loss_aggregation,
-            self.max_new_tokens,
+            self.max_new_tokens, self.clip_ratio_c,
         )
         vf_loss, vstats = clipped_value_loss(out.values, mb["old_values"], mb["returns"], mask, self.cliprange_value)
         stats = {**stats, **vstats, "loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach()}

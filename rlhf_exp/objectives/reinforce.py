@@ -14,12 +14,21 @@ from __future__ import annotations
 import torch
 
 from rlhf_exp.core.advantages import MovingAverageBaseline
-from rlhf_exp.core.losses import reinforce_loss
+from rlhf_exp.core.losses import LOG_RATIO_CLAMP, reinforce_loss, sequence_logprob
 from rlhf_exp.core.masked import Reduce, masked_moments
 from rlhf_exp.modeling import ResponseOutput
 from rlhf_exp.objectives.base import Batch, OnlineObjective, Stats
 
 BASELINES = ("none", "batch_mean", "moving_average", "value")
+
+
+def sequence_importance_weights(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``pi(y|x) / pi_old(y|x) = exp(sum_t (log pi - log pi_old))`` per sequence, the log clamped to [-20, 20],
+    padding ignored. ``(B, T) -> (B,)``. Weighting ``-A * log pi(y|x)`` by it (detached) makes the REINFORCE gradient
+    unbiased for samples drawn from ``pi_old`` (an unclipped, untruncated importance weight: high variance when the
+    policies drift apart)."""
+    diff = torch.where(mask.bool(), logprobs - old_logprobs, torch.zeros_like(logprobs))
+    return torch.exp(sequence_logprob(diff, mask, "sum").clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
 class Reinforce(OnlineObjective):
@@ -37,6 +46,8 @@ class Reinforce(OnlineObjective):
         self.normalize = bool(cfg.get("normalize_advantages", False))
         self.vf_coef = float(cfg.get("vf_coef", 0.1))
         self.moving = MovingAverageBaseline(float(cfg.get("baseline_decay", 0.9)))
+        # off-policy minibatches: weight each sequence's term by pi(y|x) / pi_old(y|x), detached
+        self.importance_weighting = bool(cfg.get("importance_weighting", False))
 
     @property
     def needs_value(self) -> bool:  # type: ignore[override]
@@ -65,8 +76,14 @@ class Reinforce(OnlineObjective):
 
     def policy_loss(self, out: ResponseOutput, mb: Batch) -> tuple:
         mask = mb["response_mask"]
-        pg = reinforce_loss(out.logprobs, mb["advantages"], mask, self.loss_aggregation, self.max_new_tokens)
-        stats: Stats = {"loss/policy": pg.detach()}
+        adv = mb["advantages"]
+        stats: Stats = {}
+        if self.importance_weighting:
+            w = sequence_importance_weights(out.logprobs.detach(), mb["old_logprobs"], mask)
+            adv = adv * w
+            stats["ratio_mean"] = w.mean()
+        pg = reinforce_loss(out.logprobs, adv, mask, self.loss_aggregation, self.max_new_tokens)
+        stats["loss/policy"] = pg.detach()
         if self.baseline == "value":
             vf = 0.5 * (out.values[:, 0] - mb["seq_returns"]).pow(2).mean()
             stats["loss/value"] = vf.detach()

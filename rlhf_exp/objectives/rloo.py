@@ -41,5 +41,6 @@ class RLOO(OnlineObjective):
 
     def policy_loss(self, out: ResponseOutput, mb: Batch) -> tuple:
         loss, stats = clipped_policy_loss(out.logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"],
-                                          self.cliprange, None, self.loss_aggregation, self.max_new_tokens)
+                                          self.cliprange, None, self.loss_aggregation, self.max_new_tokens,
+                                          self.clip_ratio_c)
         return loss, {**stats, "loss/policy": loss.detach()}

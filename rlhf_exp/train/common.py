@@ -50,7 +50,9 @@ def make_accelerator(cfg):
     acc = Accelerator(cpu=(device == "cpu"), mixed_precision=mp)
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     if plugin is not None:  # DeepSpeed wants the batch geometry up front; there is no dataloader to infer it from
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(cfg.train.mini_batch_size)
+        mini = cfg.train.mini_batch_size   # null: the whole per-process batch
+        mini = int(cfg.train.batch_size) // acc.num_processes if mini is None else int(mini)
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = mini
         plugin.deepspeed_config["gradient_accumulation_steps"] = 1
         plugin.deepspeed_config["gradient_clipping"] = float(cfg.train.max_grad_norm)
     return acc

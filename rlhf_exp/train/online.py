@@ -49,7 +49,8 @@ class OnlineTrainer(PolicyEvaluation):
             raise ValueError(f"train.batch_size={tcfg.batch_size} must be divisible by objective.group_size={G} "
                              f"times the number of processes ({self.world}).")
         self.local_batch = tcfg.batch_size // self.world
-        self.mini_batch = int(tcfg.mini_batch_size)
+        # null: the whole per-process batch, one optimizer step per rollout batch (the REINFORCE-style objectives)
+        self.mini_batch = self.local_batch if tcfg.mini_batch_size is None else int(tcfg.mini_batch_size)
         if self.mini_batch < 1 or self.local_batch % self.mini_batch:
             raise ValueError(f"train.mini_batch_size={self.mini_batch} must divide the per-process batch "
                              f"{self.local_batch} (train.batch_size / processes).")
@@ -108,6 +109,69 @@ class OnlineTrainer(PolicyEvaluation):
             mean, std = self.reward_moments.mean, max(self.reward_moments.std, 1e-6)
         return preprocess_scores(raw, float(rcfg.scale), rcfg.clip, mean, std, token_scores, mask)
 
+    def _greedy_baseline_scores(self, prompts: list[Prompt], lengths: torch.Tensor) -> torch.Tensor:
+        """ReMax's baseline: the task reward of the greedy response to each prompt (same length limit as the sampled
+        one), preprocessed with the current reward moments (not updating them). ``(B,)``."""
+        import dataclasses
+
+        base, _ = self.rollout(prompts, lengths, dataclasses.replace(self.sampling, do_sample=False),
+                               score_with_ref=False)
+        rcfg, mean, std = self.cfg.reward, 0.0, 1.0
+        if self.reward_moments is not None:
+            mean, std = self.reward_moments.mean, max(self.reward_moments.std, 1e-6)
+        mask = base["response_mask"].float()
+        scores, ts = preprocess_scores(base["raw_scores"], float(rcfg.scale), rcfg.clip, mean, std,
+                                       base.get("token_scores"), mask)
+        return scores if ts is None else (ts * mask).sum(dim=1)
+
+    def _dynamic_sampling_rollout(self, prompts: list[Prompt], lengths: torch.Tensor):
+        """DAPO dynamic sampling (see :mod:`rlhf_exp.train.dynamic_sampling`): roll out, drop the groups whose raw
+        rewards are all equal, roll out fresh prompts until the per-process batch is full or
+        ``objective.dynamic_sampling.max_tries`` rounds were generated (all processes take the same number of
+        rounds), then fill any shortfall with dropped groups. Returns prompts, lengths, batch, info and stats."""
+        from rlhf_exp.train import dynamic_sampling as ds
+
+        G, need = self.objective.group_size, self.local_batch // self.objective.group_size
+        batches, infos, all_prompts, all_lengths = [], [], [], []
+        kept: list[int] = []
+        dropped: list[int] = []
+        tries = 0
+        while True:
+            batch, info = self.rollout(prompts, lengths, self.sampling)
+            offset = sum(len(p) for p in all_prompts) // G
+            ok = ds.varied_groups(batch["raw_scores"], G).cpu()
+            kept += [offset + i for i in range(len(ok)) if ok[i]]
+            dropped += [offset + i for i in range(len(ok)) if not ok[i]]
+            batches.append(batch)
+            infos.append(info)
+            all_prompts.append(prompts)
+            all_lengths.append(lengths)
+            tries += 1
+            short = torch.tensor(float(len(kept) < need), device=self.device)
+            if self.reduce is not None:
+                short = self.reduce(short)
+            if float(short) == 0 or tries >= self.objective.dynamic_sampling_max_tries:
+                break
+            prompts = [p for p in self.sampler.next(need) for _ in range(G)]
+            lengths = sample_lengths(len(prompts), self.sampling, self.len_gen)
+        filled = max(0, need - len(kept))
+        groups = torch.tensor((kept + dropped[:filled])[:need])
+        rows = ds.group_rows(groups, G)
+        batch = ds.select_rows(ds.concat_rollouts(batches, self.pad_id), rows)
+        flat_prompts = [p for ps in all_prompts for p in ps]
+        info = {"prompts": [info_p for i in infos for info_p in i["prompts"]],
+                "completions": [c for i in infos for c in i["completions"]],
+                "ends_with_eos": torch.cat([i["ends_with_eos"].to(self.device) for i in infos]),
+                "extras": {k: torch.cat([i["extras"][k].to(self.device) for i in infos]) for k in infos[0]["extras"]},
+                "gen_s": sum(i["gen_s"] for i in infos), "score_s": sum(i["score_s"] for i in infos)}
+        r = rows.tolist()
+        info.update(prompts=[info["prompts"][i] for i in r], completions=[info["completions"][i] for i in r],
+                    ends_with_eos=info["ends_with_eos"][rows.to(self.device)],
+                    extras={k: v[rows.to(v.device)] for k, v in info["extras"].items()})
+        stats = {"dynamic_sampling/dropped_groups": float(len(dropped)), "dynamic_sampling/tries": float(tries),
+                 "dynamic_sampling/filled_groups": float(filled)}
+        return [flat_prompts[i] for i in r], torch.cat(all_lengths)[rows], batch, info, stats
+
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict[str, float]:
         tcfg = self.cfg.train
@@ -115,7 +179,12 @@ class OnlineTrainer(PolicyEvaluation):
         G = self.objective.group_size
         prompts = [p for p in self.sampler.next(self.local_batch // G) for _ in range(G)]
         lengths = sample_lengths(len(prompts), self.sampling, self.len_gen)
-        batch, info = self.rollout(prompts, lengths, self.sampling)
+        if self.objective.dynamic_sampling:
+            prompts, lengths, batch, info, ds_stats = self._dynamic_sampling_rollout(prompts, lengths)
+        else:
+            batch, info = self.rollout(prompts, lengths, self.sampling)
+            ds_stats = {}
+        batch["ends_with_eos"] = info["ends_with_eos"].to(self.device).float()
         mask = batch["response_mask"]
         fmask = mask.float()
         if self.objective.kl_estimator == "full":
@@ -128,8 +197,11 @@ class OnlineTrainer(PolicyEvaluation):
         if token_scores is not None:
             batch["token_scores"] = token_scores
         batch["group_ids"] = torch.arange(len(prompts), device=self.device) // G + self.rank * (self.local_batch // G)
+        if self.objective.needs_greedy_baseline:
+            batch["baseline_scores"] = self._greedy_baseline_scores(prompts, lengths)
+            ds_stats["greedy_reward_mean"] = float(batch["baseline_scores"].mean())
         kl_coef = self.kl_ctl.value
-        adv_stats = self.objective.compute_advantages(batch, kl_coef, self.reduce)
+        adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.reduce), **ds_stats}
 
         # ---- updates
         t_up = time.perf_counter()
