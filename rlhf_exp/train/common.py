@@ -79,6 +79,12 @@ def make_accelerator(cfg):
     geometry = batch_geometry_of(cfg, world)
     cpu = device == "cpu" or (device == "auto" and world > 1 and not torch.cuda.is_available())
     mp = str(cfg.train.get("mixed_precision", "no"))
+    if world == 1:  # one process (a notebook, a test, a Hydra multirun): a new run may change the precision
+        from accelerate.state import AcceleratorState
+
+        state = AcceleratorState._shared_state
+        if state and state.get("_mixed_precision") not in (None, mp):
+            AcceleratorState._reset_state()
     acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=geometry.accumulation_steps)
     if acc.num_processes != world:
         raise RuntimeError(

@@ -259,7 +259,7 @@ class PolicyEvaluation:
 
         summary: dict[str, Any] = {"status": status, "objective": self.objective.name,
                                    "kl_controller": self.kl_ctl.name, "steps": self._steps_done(),
-                                   "wall_s": wall_s}
+                                   "wall_s": wall_s, "num_processes": self.world}
         for key in ("eval/reward_mean", "eval/kl") + tuple(k for k in self.history if k.startswith("eval/reward/")):
             a, b = first_last(key)
             summary[f"{key}_start"], summary[f"{key}_end"] = a, b
