@@ -71,7 +71,7 @@ class PolicyEvaluation:
             max_new_tokens=gcfg.max_new_tokens, min_new_tokens=gcfg.min_new_tokens, temperature=gcfg.temperature,
             top_k=gcfg.top_k, top_p=gcfg.top_p, do_sample=True,
         )
-        if self.sampling.truncates:
+        if self.sampling.truncates and self.is_main:
             print("[rlhf_exp] generation.top_k/top_p truncate the sampler, so samples are off-policy for the loss "
                   "(which scores the untruncated policy). Keep top_k=0, top_p=1.0 for on-policy training.")
         ecfg = cfg.eval
