@@ -2,7 +2,8 @@
 
 The reference point ``z0`` (an estimate of KL(policy || reference)) is computed, without gradient, from the
 micro-batch's completions paired with the *previous* example's prompt (TRL's construction), averaged over processes
-and clipped at 0. A micro-batch needs at least 2 examples.
+and clipped at 0. A training micro-batch needs at least 2 examples per process (``train.micro_batch_size``, checked
+before the run starts); a held-out chunk of 1 adds no pair.
 
 Math: ``rlhf_exp.core.preference.kto_loss`` and ``kto_reference_point``.
 """
@@ -41,18 +42,25 @@ class KTO(OfflineObjective):
 
     def loss(self, model, ref, items: Sequence[Item], ctx: Context) -> tuple[torch.Tensor, Stats]:
         B = len(items)
-        if B < 2:
-            raise ValueError("objective=kto needs micro-batches of at least 2 examples (its KL reference point pairs "
-                             "each completion with another example's prompt); raise train.mini_batch_size.")
+        if B < 1:
+            raise ValueError("objective=kto got an empty micro-batch.")
         prompts = [it["prompt_ids"] for it in items]
         completions = [it["completion_ids"] for it in items]
-        shifted = completions[-1:] + completions[:-1]     # example i's prompt with example i-1's completion
+        # Example i's prompt with example i-1's completion. A lone example (a held-out chunk of 1; training
+        # micro-batches have >= 2 per process) has no other completion: it adds no pair, and z0 comes from the
+        # other processes' pairs (0 if none), with the same collective call on every process.
+        pairs = B if B > 1 else 0
+        shifted = completions[-1:] + completions[:-1]
         logps = sequence_logprobs(model, prompts, completions, ctx)
         with torch.no_grad():
-            kl_logps = sequence_logprobs(model, prompts, shifted, ctx)
-            ref_all = sequence_logprobs(ref, prompts + prompts, completions + shifted, ctx)
-        ref_logps, ref_kl_logps = ref_all[:B], ref_all[B:]
-        z0 = kto_reference_point(kl_logps - ref_kl_logps, ctx.reduce)
+            if pairs:
+                kl_logps = sequence_logprobs(model, prompts, shifted, ctx)
+                ref_all = sequence_logprobs(ref, prompts + prompts, completions + shifted, ctx)
+                ref_logps, mismatched = ref_all[:B], kl_logps - ref_all[B:]
+            else:
+                ref_logps = sequence_logprobs(ref, prompts, completions, ctx)
+                mismatched = logps.detach()[:0]
+        z0 = kto_reference_point(mismatched, ctx.reduce)
         desirable = torch.tensor([it["label"] for it in items], device=logps.device)
         ratios = logps - ref_logps
         loss = kto_loss(ratios, desirable, z0, self.beta, self.desirable_weight, self.undesirable_weight).mean()

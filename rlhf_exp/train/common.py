@@ -37,8 +37,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# The smallest per-process micro-batch an objective accepts (KTO pairs each completion with another prompt).
+MIN_LOCAL_MICRO_BATCH = {"kto": 2}
+
+
+def launch_world_size() -> int:
+    """The number of processes the launcher (torchrun / accelerate launch / deepspeed) started; 1 otherwise."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def batch_geometry_of(cfg, world: int):
+    """The run's :class:`~rlhf_exp.distributed.BatchGeometry` for ``world`` processes from ``cfg.train``
+    (``batch_size``, ``mini_batch_size``, ``micro_batch_size``, all global) and the objective's group size; raises
+    a ``ValueError`` with the numbers to change. Cheap: called before anything loads."""
+    from rlhf_exp.distributed import batch_geometry
+
+    t, obj = cfg.train, cfg.objective
+    group = int(obj.get("group_size", 1) or 1) if obj.get("kind") == "online" else 1
+    return batch_geometry(t.batch_size, t.mini_batch_size, t.get("micro_batch_size"), world, group,
+                          MIN_LOCAL_MICRO_BATCH.get(str(obj.get("name")), 1))
+
+
 def make_accelerator(cfg):
-    """An ``accelerate.Accelerator`` for ``cfg.device`` (auto | cpu | cuda) and ``cfg.train.mixed_precision``."""
+    """An ``accelerate.Accelerator`` for ``cfg.device`` (auto | cpu | cuda) and ``cfg.train.mixed_precision``, with
+    gradient accumulation set from the batch geometry (:func:`batch_geometry_of`, checked first).
+
+    Under a launcher on a machine without CUDA, ``device=auto`` means CPU processes joined by gloo. The number of
+    processes the accelerator sees must be the launcher's world size; a mismatch (a run that would silently train
+    N separate copies) raises.
+    """
     from accelerate import Accelerator
 
     device = str(cfg.get("device", "auto"))
@@ -46,14 +75,28 @@ def make_accelerator(cfg):
         raise ValueError(f"device={device!r}: valid values are auto, cpu, cuda.")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA device is visible; use device=auto or device=cpu.")
+    world = launch_world_size()
+    geometry = batch_geometry_of(cfg, world)
+    cpu = device == "cpu" or (device == "auto" and world > 1 and not torch.cuda.is_available())
     mp = str(cfg.train.get("mixed_precision", "no"))
-    acc = Accelerator(cpu=(device == "cpu"), mixed_precision=mp)
+    if world == 1:  # one process (a notebook, a test, a Hydra multirun): a new run may change the precision
+        from accelerate.state import AcceleratorState
+
+        state = AcceleratorState._shared_state
+        if state and state.get("_mixed_precision") not in (None, mp):
+            AcceleratorState._reset_state()
+    acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=geometry.accumulation_steps)
+    if acc.num_processes != world:
+        raise RuntimeError(
+            f"The launcher started {world} processes (WORLD_SIZE) but accelerate formed a run of "
+            f"{acc.num_processes} (distributed_type={acc.distributed_type}, device={acc.device}): every process would "
+            f"train on its own. Use device=cpu for CPU processes, or check the launcher's --nproc_per_node / "
+            f"--num_processes and the accelerate config.")
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     if plugin is not None:  # DeepSpeed wants the batch geometry up front; there is no dataloader to infer it from
-        mini = cfg.train.mini_batch_size   # null: the whole per-process batch
-        mini = int(cfg.train.batch_size) // acc.num_processes if mini is None else int(mini)
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = mini
-        plugin.deepspeed_config["gradient_accumulation_steps"] = 1
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = geometry.local_micro
+        plugin.deepspeed_config["gradient_accumulation_steps"] = geometry.accumulation_steps
+        plugin.deepspeed_config["train_batch_size"] = geometry.mini
         plugin.deepspeed_config["gradient_clipping"] = float(cfg.train.max_grad_norm)
     return acc
 
@@ -91,8 +134,13 @@ class RunningMoments:
         self.count = new_count
 
 
-def save_policy(policy, tokenizer, path: Path, merge_lora: bool = True) -> None:
+def save_policy(policy, tokenizer, path: Path, merge_lora: bool = True,
+                state_dict: Optional[dict] = None) -> None:
     """Save the policy in Hugging Face format (safetensors), its tokenizer, and the value head beside it.
+
+    ``state_dict``: the full state dict of the :class:`~rlhf_exp.modeling.PolicyModel` (keys ``lm.*`` and
+    ``value_head.*``), as ``accelerator.get_state_dict`` gathers it from a sharded engine (FSDP, ZeRO-3) on every
+    rank; None: the module's own parameters (one process, DDP). Call it on one process only.
 
     A LoRA policy is saved merged into its base model (loadable like any model) unless ``merge_lora`` is false, in
     which case only the adapter is written (peft format).
@@ -105,11 +153,21 @@ def save_policy(policy, tokenizer, path: Path, merge_lora: bool = True) -> None:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    full = policy.state_dict() if state_dict is None else state_dict
+    lm_state = {k[len("lm."):]: v for k, v in full.items() if k.startswith("lm.")}
+    head_state = {k[len("value_head."):]: v for k, v in full.items() if k.startswith("value_head.")}
     lm = policy.lm
     if is_peft_model(lm) and merge_lora:
-        lm = copy.deepcopy(lm).merge_and_unload()
-    lm.save_pretrained(path, safe_serialization=True)
+        if any(type(p).__name__ == "DTensor" or p.numel() == 0 for p in lm.parameters()):
+            raise NotImplementedError(
+                "Saving a LoRA policy merged from sharded parameters (FSDP/ZeRO-3) is not supported: set "
+                "model.lora.save=adapter (the adapter in peft format) or model.lora.r=0.")
+        merged = copy.deepcopy(lm)
+        merged.load_state_dict(lm_state)
+        merged.merge_and_unload().save_pretrained(path, safe_serialization=True)
+    else:
+        lm.save_pretrained(path, state_dict=lm_state, safe_serialization=True)
     tokenizer.save_pretrained(path)
     if getattr(policy, "value_head", None) is not None:
-        state = {k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in head_state.items()}
         save_file(state, str(path / "value_head.safetensors"))

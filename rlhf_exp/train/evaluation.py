@@ -25,12 +25,18 @@ import torch
 from rlhf_exp.core.kl import full_kl_from_logits
 from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt
-from rlhf_exp.distributed import mean_over_ranks, model_for_generation
+from rlhf_exp.distributed import even_chunks, mean_over_ranks, model_for_generation, synchronize
 from rlhf_exp.metrics import ends_with_eos, text_monitors
 from rlhf_exp.modeling import PolicyModel, load_tokenizer, score_responses
 from rlhf_exp.rollout import SamplingSettings, generate, pad_left, sample_lengths
 from rlhf_exp.train.checkpoint import atomic_dir
 from rlhf_exp.train.common import make_accelerator, save_policy
+
+
+def _synced_elapsed(device, t0: float) -> float:
+    """Seconds since ``t0`` once the device's queued work is done."""
+    synchronize(device)
+    return time.perf_counter() - t0
 
 
 class PolicyEvaluation:
@@ -66,7 +72,7 @@ class PolicyEvaluation:
             max_new_tokens=gcfg.max_new_tokens, min_new_tokens=gcfg.min_new_tokens, temperature=gcfg.temperature,
             top_k=gcfg.top_k, top_p=gcfg.top_p, do_sample=True,
         )
-        if self.sampling.truncates:
+        if self.sampling.truncates and self.is_main:
             print("[rlhf_exp] generation.top_k/top_p truncate the sampler, so samples are off-policy for the loss "
                   "(which scores the untruncated policy). Keep top_k=0, top_p=1.0 for on-policy training.")
         ecfg = cfg.eval
@@ -126,10 +132,13 @@ class PolicyEvaluation:
         """Generate, score and compute log-probs for a batch of prompts. Returns the batch and text/extras."""
         self.policy.eval()
         prompt_ids, prompt_mask = pad_left([p.ids for p in prompts], self.pad_id, self.device)
+        synchronize(self.device)
         t0 = time.perf_counter()
-        with model_for_generation(self.acc, self.policy) as unwrapped:
+        # under mixed precision the sampler runs in the precision the policy is scored in (accelerate's autocast)
+        with model_for_generation(self.acc, self.policy) as unwrapped, self.acc.autocast():
             response_ids, response_mask = generate(unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths,
                                                    self.eos_id, self.pad_id)
+        synchronize(self.device)
         gen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         completion_ids = [ids[m.bool()].tolist() for ids, m in zip(response_ids.cpu(), response_mask.cpu())]
@@ -158,7 +167,7 @@ class PolicyEvaluation:
                 ts = torch.nn.functional.pad(ts, (0, T - ts.shape[1]))
             batch["token_scores"] = ts[:, :T] * response_mask
         info = {"prompts": prompt_texts, "completions": completions, "extras": reward_out.extras, "gen_s": gen_s,
-                "score_s": time.perf_counter() - t0,
+                "score_s": _synced_elapsed(self.device, t0),
                 "ends_with_eos": ends_with_eos(response_ids, response_mask, self.eos_id)}
         return batch, info
 
@@ -189,9 +198,9 @@ class PolicyEvaluation:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(ecfg.seed) + self.rank)
-            for s in range(0, len(prompts), int(ecfg.batch_size)):
-                batch, info = self.rollout(prompts[s:s + ecfg.batch_size], lengths[s:s + ecfg.batch_size],
-                                           self.eval_sampling)
+            # the same number of chunks on every rank, whatever the remainder (sharded engines gather per forward)
+            for s, e in even_chunks(len(prompts), len(self.eval_prompts), self.world, int(ecfg.batch_size)):
+                batch, info = self.rollout(prompts[s:e], lengths[s:e], self.eval_sampling)
                 fmask = batch["response_mask"].float()
                 full = self._full_kl(batch, self.eval_sampling.temperature)
                 kls.append((full * fmask).sum(1))
@@ -234,10 +243,14 @@ class PolicyEvaluation:
 
     def save_outputs(self) -> dict[str, str]:
         """Save what the run trained (the policy, in Hugging Face format; a LoRA policy merged unless
-        ``model.lora.save=adapter``); return summary entries naming it."""
+        ``model.lora.save=adapter``); return summary entries naming it. Called on every process: the engine's full
+        state dict is gathered collectively (``accelerator.get_state_dict``), then rank 0 alone writes."""
         merge = (self.cfg.model.get("lora") or {}).get("save", "merged") == "merged"
-        with atomic_dir(self.output_dir / "policy") as tmp:    # a failed save leaves an earlier policy/ as it was
-            save_policy(self.unwrapped, self.tokenizer, tmp, merge_lora=merge)
+        state = self.acc.get_state_dict(self.policy)
+        if self.is_main:
+            with atomic_dir(self.output_dir / "policy") as tmp:  # a failed save leaves an earlier policy/ as it was
+                save_policy(self.unwrapped, self.tokenizer, tmp, merge_lora=merge, state_dict=state)
+        self.acc.wait_for_everyone()
         return {"policy_dir": str(self.output_dir / "policy")}
 
     def finish(self, wall_s: float, status: str = "finished") -> dict[str, Any]:
@@ -247,7 +260,7 @@ class PolicyEvaluation:
 
         summary: dict[str, Any] = {"status": status, "objective": self.objective.name,
                                    "kl_controller": self.kl_ctl.name, "steps": self._steps_done(),
-                                   "wall_s": wall_s}
+                                   "wall_s": wall_s, "num_processes": self.world}
         for key in ("eval/reward_mean", "eval/kl") + tuple(k for k in self.history if k.startswith("eval/reward/")):
             a, b = first_last(key)
             summary[f"{key}_start"], summary[f"{key}_end"] = a, b
@@ -257,7 +270,10 @@ class PolicyEvaluation:
         for key in self.summary_keys:
             if key in self.history:
                 summary[f"{key}_start"], summary[f"{key}_end"] = first_last(key)
-        if self.is_main and self.cfg.train.save_model and self._steps_done() > 0:  # train.steps=0: evaluate only
+        # train.steps=0: evaluate only. Saving is collective (every rank gathers): with several processes a failed
+        # run, whose other ranks may be stuck or gone, is not saved.
+        if (self.cfg.train.save_model and self._steps_done() > 0
+                and (status == "finished" or self.world == 1)):
             summary.update(self.save_outputs())
         self.tracker.summary(summary)
         return summary

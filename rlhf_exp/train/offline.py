@@ -1,8 +1,9 @@
 """The offline loop shared by the offline objectives (``objective=sft|reward|dpo|kto``).
 
-One step: draw ``train.batch_size`` examples (all processes together; a seeded shuffle per pass over the data),
-split each process's share into micro-batches of ``train.mini_batch_size`` (gradient accumulation), one optimizer
-step with the same optimizer, schedule, clipping and precision settings as the online loop. Every ``eval.every``
+One step: draw ``train.batch_size`` examples (all processes together; one seeded shuffle per pass over the data,
+each process keeping its slice), one optimizer step per ``train.mini_batch_size`` examples (default: the whole batch),
+each accumulated from micro-batches of ``train.micro_batch_size`` (global; default: no accumulation), with the same
+optimizer, schedule, clipping and precision settings as the online loop. Every ``eval.every``
 steps (and at the start and end): the objective's loss and statistics on held-out examples (``eval/loss/<name>``,
 ``eval/accuracy`` ...) and, for the objectives that train a policy (sft, dpo, kto), the *online loop's* evaluation
 (``rlhf_exp.train.evaluation``): seeded samples on the held-out prompts scored by ``reward_model=``, exact KL to the
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from rlhf_exp.core.kl import NoKLController
 from rlhf_exp.data import OfflineData, PromptSampler, chat_records, load_offline_data, offline_eval_prompts
+from rlhf_exp.distributed import even_chunks, in_mixed_precision, micro_batch_loss_scale, rank_slice, synchronize
 from rlhf_exp.modeling import max_positions, reference_of
 from rlhf_exp.objectives import build_offline_objective
 from rlhf_exp.objectives.offline_base import Context
@@ -32,7 +34,7 @@ from rlhf_exp.objectives.reward_modelling import REWARD_MODEL_DIR
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
-from rlhf_exp.train.common import NonFiniteLossError
+from rlhf_exp.train.common import NonFiniteLossError, batch_geometry_of
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line
 
 
@@ -48,22 +50,17 @@ class OfflineTrainer(PolicyEvaluation):
             print(f"[rlhf_exp] objective={obj.name} is offline: kl={cfg.kl.controller} is not used"
                   + (" (its KL strength is objective.beta)." if "beta" in cfg.objective else "."), flush=True)
         self.kl_ctl = NoKLController()
-        if tcfg.batch_size % self.world:
-            raise ValueError(f"train.batch_size={tcfg.batch_size} must be divisible by the number of processes "
-                             f"({self.world}).")
-        self.local_batch = tcfg.batch_size // self.world
-        self.micro_batch = int(tcfg.mini_batch_size)
-        if self.micro_batch < 1 or self.local_batch % self.micro_batch:
-            raise ValueError(f"train.mini_batch_size={self.micro_batch} (examples per forward) must divide the "
-                             f"per-process batch {self.local_batch} (train.batch_size / processes).")
+        # global sizes, per-process sizes derived (checked before anything loads: make_accelerator)
+        self.geometry = batch_geometry_of(cfg, self.world)
+        self.local_batch = self.geometry.local_batch
 
         mcfg = cfg.model
         self._init_tokenizer(mcfg)
         self.ctx = Context(device=self.device, pad_id=self.pad_id, eos_id=self.eos_id, reduce=self.reduce)
         model = obj.build_model(mcfg)
         # The reference: the initial policy (DPO/KTO losses; the KL of every policy evaluation).
-        self.ref = (reference_of(model, mcfg.get("ref_path"), mcfg.get("dtype")).to(self.device)
-                    if obj.trains_policy else None)
+        self.ref = (in_mixed_precision(self.acc, reference_of(model, mcfg.get("ref_path"), mcfg.get("dtype"))
+                                       .to(self.device)) if obj.trains_policy else None)
 
         limit = max_positions(model)
         if limit is not None and obj.max_length > limit:
@@ -79,7 +76,7 @@ class OfflineTrainer(PolicyEvaluation):
         self.eval_items = obj.encode(data.eval, self.tokenizer)
         self.forward_bs = int(tcfg.forward_batch_size)
         obj.prepare(self.train_items, self.ref, self.ctx, self.forward_bs)
-        self.sampler = PromptSampler(self.train_items, seed=cfg.seed + 1000 * self.rank)
+        self.sampler = PromptSampler(self.train_items, seed=cfg.seed)   # one global draw per step; each rank a slice
         self.n_train = len(data.train)
 
         if obj.trains_policy:
@@ -95,7 +92,7 @@ class OfflineTrainer(PolicyEvaluation):
         from transformers import get_scheduler
 
         self.scheduler = get_scheduler(tcfg.lr_schedule, self.optimizer, num_warmup_steps=tcfg.warmup_steps,
-                                       num_training_steps=tcfg.steps)
+                                       num_training_steps=tcfg.steps * self.geometry.optimizer_steps)
         self.model, self.optimizer = self.acc.prepare(model, self.optimizer)
         self.policy = self.model          # the name the shared evaluation uses
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -122,35 +119,58 @@ class OfflineTrainer(PolicyEvaluation):
 
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict[str, float]:
-        tcfg = self.cfg.train
+        """One step: ``train.batch_size`` examples drawn once for all processes (each keeps its slice of every
+        global micro-batch), ``batch_size / mini_batch_size`` optimizer steps, each accumulated over micro-batches
+        with accelerate's ``accumulate``. A micro-batch's mean loss is scaled by its share of the global
+        mini-batch's weight (examples; SFT: completion tokens), so the update is the same for any number of
+        processes and micro-batches."""
+        tcfg, geo = self.cfg.train, self.geometry
+        synchronize(self.device)
         t0 = time.perf_counter()
         obj = self.objective
-        items = self.sampler.next(self.local_batch)
-        chunks = [items[s:s + self.micro_batch] for s in range(0, len(items), self.micro_batch)]
+        items = rank_slice(self.sampler.next(geo.batch), self.world, self.rank, geo.micro)
+        chunks = [items[s:s + geo.local_micro] for s in range(0, len(items), geo.local_micro)]
         weights = [obj.weight(c) for c in chunks]
-        total = sum(weights)
+        k = geo.accumulation_steps
+        totals = torch.tensor([sum(weights[i:i + k]) for i in range(0, len(chunks), k)], dtype=torch.float64,
+                              device=self.device)
+        if self.reduce is not None:
+            totals = self.reduce(totals)          # each optimizer step's weight over all processes
         self.model.train()
         sums: dict[str, float] = defaultdict(float)
         wsum: dict[str, float] = defaultdict(float)
+        bad_loss = None
         for i, (chunk, w) in enumerate(zip(chunks, weights)):
-            loss, stats = obj.loss(self.model, self.ref, chunk, self.ctx)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"Non-finite {obj.name} loss at step {step}, micro-batch {i}; the update was not applied. Lower "
-                    f"train.lr (now {tcfg.lr}) or use bf16 instead of fp16.")
-            self.acc.backward(loss * (w / total))
+            with self.acc.accumulate(self.model):
+                loss, stats = obj.loss(self.model, self.ref, chunk, self.ctx)
+                if not torch.isfinite(loss):
+                    bad_loss = f"micro-batch {i}"
+                    if self.world == 1:   # with more processes every rank stops at the gradient check
+                        raise NonFiniteLossError(
+                            f"Non-finite {obj.name} loss at step {step}, micro-batch {i}; the update was not "
+                            f"applied. Lower train.lr (now {tcfg.lr}) or use bf16 instead of fp16.")
+                self.acc.backward(loss * micro_batch_loss_scale(w, float(totals[i // k]), self.world, k))
             self._accumulate(sums, wsum, stats, w)
-        grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), tcfg.max_grad_norm)
-        if not torch.isfinite(torch.as_tensor(grad_norm)):
-            raise NonFiniteLossError(f"Non-finite gradient norm at step {step}; the update was not applied. Lower "
-                                     f"train.lr (now {tcfg.lr}).")
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        sums["grad_norm"], wsum["grad_norm"] = float(grad_norm), 1.0
+            if (i + 1) % k == 0:
+                if not self.acc.sync_gradients:
+                    raise RuntimeError("internal: the last micro-batch of a mini-batch did not sync gradients.")
+                grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), tcfg.max_grad_norm)
+                if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
+                    note = f" (this process's loss was non-finite at {bad_loss})" if bad_loss else ""
+                    raise NonFiniteLossError(f"Non-finite gradient norm at step {step}{note}; the update was not "
+                                             f"applied. Lower train.lr (now {tcfg.lr}).")
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if grad_norm is not None:   # DeepSpeed reports it only after its first step
+                    sums["grad_norm"] += float(grad_norm)     # the same global norm on every rank
+                    wsum["grad_norm"] += 1.0
+        if "grad_norm" not in sums:         # every rank reduces the same keys
+            sums["grad_norm"], wsum["grad_norm"] = 0.0, 0.0
         m = {f"train/{k}": v for k, v in self._reduce_means(sums, wsum).items()}
         m["train/lr"] = self.scheduler.get_last_lr()[0]
         m["train/epoch"] = step * tcfg.batch_size / self.n_train
+        synchronize(self.device)
         step_s = time.perf_counter() - t0
         m.update({"perf/update_s": step_s, "perf/step_s": step_s, "perf/samples_per_s": tcfg.batch_size / step_s})
         return m
@@ -158,13 +178,15 @@ class OfflineTrainer(PolicyEvaluation):
     # ------------------------------------------------------------------------------------------ eval
     @torch.no_grad()
     def heldout(self) -> dict[str, float]:
-        """The objective's loss and statistics on this process's share of the held-out examples, reduced."""
+        """The objective's loss and statistics on this process's share of the held-out examples, reduced. Every
+        process runs the same number of chunks (:func:`~rlhf_exp.distributed.even_chunks`), whatever the
+        remainder."""
         self.model.eval()
         items = self.eval_items[self.rank::self.world]
         sums: dict[str, float] = defaultdict(float)
         wsum: dict[str, float] = defaultdict(float)
-        for s in range(0, len(items), self.forward_bs):
-            chunk = items[s:s + self.forward_bs]
+        for s, e in even_chunks(len(items), len(self.eval_items), self.world, self.forward_bs):
+            chunk = items[s:e]
             w = self.objective.weight(chunk)
             _, stats = self.objective.loss(self.model, self.ref, chunk, self.ctx)
             self._accumulate(sums, wsum, stats, w)
@@ -199,13 +221,15 @@ class OfflineTrainer(PolicyEvaluation):
         if self.objective.trains_policy:
             return super().save_outputs()
         path = self.output_dir / REWARD_MODEL_DIR
-        model = self.acc.unwrap_model(self.model)
-        with checkpoint.atomic_dir(path) as tmp:                # a failed save leaves an earlier folder as it was
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok = self.tokenizer
-            side, tok.padding_side = tok.padding_side, "right"     # reward models score right-padded batches
-            tok.save_pretrained(tmp)
-            tok.padding_side = side
+        state = self.acc.get_state_dict(self.model)            # collective: the full weights of a sharded engine
+        if self.is_main:
+            with checkpoint.atomic_dir(path) as tmp:            # a failed save leaves an earlier folder as it was
+                self.acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                tok = self.tokenizer
+                side, tok.padding_side = tok.padding_side, "right"     # reward models score right-padded batches
+                tok.save_pretrained(tmp)
+                tok.padding_side = side
+        self.acc.wait_for_everyone()
         return {"reward_model_dir": str(path)}
 
 

@@ -25,14 +25,15 @@ from rlhf_exp.core.advantages import preprocess_scores
 from rlhf_exp.core.kl import full_kl_from_logits, make_kl_controller, per_token_kl
 from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt, PromptSampler, load_prompt_data
-from rlhf_exp.distributed import mean_over_ranks
+from rlhf_exp.distributed import (in_mixed_precision, mean_over_ranks, micro_batch_loss_scale, rank_slice,
+                                  synchronize)
 from rlhf_exp.modeling import load_policy, max_positions, reference_of, score_responses
 from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
-from rlhf_exp.train.common import NonFiniteLossError, RunningMoments
+from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, batch_geometry_of
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
 
 
@@ -44,16 +45,10 @@ class OnlineTrainer(PolicyEvaluation):
 
         tcfg = cfg.train
         self.objective = build_online_objective(cfg.objective, cfg.kl, int(cfg.generation.max_new_tokens))
-        G = self.objective.group_size
-        if tcfg.batch_size % (G * self.world):
-            raise ValueError(f"train.batch_size={tcfg.batch_size} must be divisible by objective.group_size={G} "
-                             f"times the number of processes ({self.world}).")
-        self.local_batch = tcfg.batch_size // self.world
-        # null: the whole per-process batch, one optimizer step per rollout batch (the REINFORCE-style objectives)
-        self.mini_batch = self.local_batch if tcfg.mini_batch_size is None else int(tcfg.mini_batch_size)
-        if self.mini_batch < 1 or self.local_batch % self.mini_batch:
-            raise ValueError(f"train.mini_batch_size={self.mini_batch} must divide the per-process batch "
-                             f"{self.local_batch} (train.batch_size / processes).")
+        # global sizes, per-process sizes derived (checked before anything loads: make_accelerator)
+        self.geometry = batch_geometry_of(cfg, self.world)
+        self.local_batch = self.geometry.local_batch
+        self.mini_batch = self.geometry.local_mini
 
         mcfg = cfg.model
         self._init_tokenizer(mcfg)
@@ -61,10 +56,11 @@ class OnlineTrainer(PolicyEvaluation):
         self.reward = build_reward_model(cfg.reward_model).to(self.device)
         self.reward.bind_policy_tokenizer(self.tokenizer)
         policy = load_policy(mcfg, value_head=self.objective.needs_value).to(self.device)
-        self.ref = reference_of(policy, mcfg.get("ref_path"), mcfg.get("dtype")).to(self.device)
+        self.ref = in_mixed_precision(self.acc, reference_of(policy, mcfg.get("ref_path"), mcfg.get("dtype"))
+                                      .to(self.device))
 
         data = load_prompt_data(cfg.dataset, self.tokenizer)
-        self.sampler = PromptSampler(data.train, seed=cfg.seed + 1000 * self.rank)
+        self.sampler = PromptSampler(data.train, seed=cfg.seed)   # one global draw per step; each rank its slice
         self.eval_prompts: list[Prompt] = data.eval
         limit, longest = max_positions(policy), max(len(p.ids) for p in data.train + data.eval)
         if limit is not None and longest + int(cfg.generation.max_new_tokens) > limit:
@@ -74,7 +70,7 @@ class OnlineTrainer(PolicyEvaluation):
                 f"(dataset.max_prompt_tokens, or dataset.prompt_max_tokens) or lower generation.max_new_tokens.")
 
         self._init_sampling(cfg)
-        self.len_gen = torch.Generator().manual_seed(cfg.seed + 7 + self.rank)
+        self.len_gen = torch.Generator().manual_seed(cfg.seed + 7)   # global lengths, sliced like the prompts
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 11 + self.rank)
 
         kcfg = cfg.kl
@@ -84,7 +80,7 @@ class OnlineTrainer(PolicyEvaluation):
             [p for p in policy.parameters() if p.requires_grad], lr=tcfg.lr, betas=tuple(tcfg.adam_betas),
             eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay,
         )
-        n_updates = tcfg.steps * tcfg.epochs * (self.local_batch // self.mini_batch)
+        n_updates = tcfg.steps * tcfg.epochs * self.geometry.optimizer_steps
         from transformers import get_scheduler
 
         self.scheduler = get_scheduler(tcfg.lr_schedule, self.optimizer, num_warmup_steps=tcfg.warmup_steps,
@@ -124,6 +120,17 @@ class OnlineTrainer(PolicyEvaluation):
                                        base.get("token_scores"), mask)
         return scores if ts is None else (ts * mask).sum(dim=1)
 
+    def _draw_prompts(self) -> tuple[list[Prompt], torch.Tensor]:
+        """This process's prompts (each repeated ``group_size`` times) and response lengths for one global batch:
+        every rank draws the same global prompts and lengths (shared seeds) and keeps its own slice, so the ranks'
+        prompts are disjoint and the global batch is the same for any process count."""
+        G, B = self.objective.group_size, int(self.cfg.train.batch_size)
+        n_global = B // G
+        prompts = [p for p in rank_slice(self.sampler.next(n_global), self.world, self.rank, n_global)
+                   for _ in range(G)]
+        lengths = sample_lengths(B, self.sampling, self.len_gen)
+        return prompts, lengths[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+
     def _dynamic_sampling_rollout(self, prompts: list[Prompt], lengths: torch.Tensor):
         """DAPO dynamic sampling (see :mod:`rlhf_exp.train.dynamic_sampling`): roll out, drop the groups whose raw
         rewards are all equal, roll out fresh prompts until the per-process batch is full or
@@ -152,8 +159,7 @@ class OnlineTrainer(PolicyEvaluation):
                 short = self.reduce(short)
             if float(short) == 0 or tries >= self.objective.dynamic_sampling_max_tries:
                 break
-            prompts = [p for p in self.sampler.next(need) for _ in range(G)]
-            lengths = sample_lengths(len(prompts), self.sampling, self.len_gen)
+            prompts, lengths = self._draw_prompts()
         filled = max(0, need - len(kept))
         groups = torch.tensor((kept + dropped[:filled])[:need])
         rows = ds.group_rows(groups, G)
@@ -175,10 +181,10 @@ class OnlineTrainer(PolicyEvaluation):
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict[str, float]:
         tcfg = self.cfg.train
+        synchronize(self.device)
         t_step = time.perf_counter()
         G = self.objective.group_size
-        prompts = [p for p in self.sampler.next(self.local_batch // G) for _ in range(G)]
-        lengths = sample_lengths(len(prompts), self.sampling, self.len_gen)
+        prompts, lengths = self._draw_prompts()
         if self.objective.dynamic_sampling:
             prompts, lengths, batch, info, ds_stats = self._dynamic_sampling_rollout(prompts, lengths)
         else:
@@ -204,45 +210,10 @@ class OnlineTrainer(PolicyEvaluation):
         adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.reduce), **ds_stats}
 
         # ---- updates
+        synchronize(self.device)
         t_up = time.perf_counter()
-        self.policy.train()
-        mstats: dict[str, list[float]] = defaultdict(list)
-        B = mask.shape[0]
-        keys = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (B,)]
-        for epoch in range(tcfg.epochs):
-            perm = torch.randperm(B, generator=self.shuffle_gen).to(self.device)
-            for mb_i, s in enumerate(range(0, B, self.mini_batch)):
-                idx = perm[s:s + self.mini_batch]
-                mb = {k: batch[k][idx] for k in keys}
-                out = score_responses(self.policy, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
-                                      mb["response_mask"], self.sampling.temperature,
-                                      return_entropy=self.objective.needs_entropy_grad,
-                                      return_values=self.objective.needs_value,
-                                      return_logits=self.objective.needs_full_logits)
-                ref_full = None
-                if self.objective.needs_full_logits:
-                    ref_logits = self._forward_chunks(self.ref, mb, self.sampling.temperature, logits=True)["logits"]
-                    ref_full = full_kl_from_logits(out.logits, ref_logits)
-                loss, stats = self.objective.loss(out, mb, kl_coef, ref_full)
-                if not torch.isfinite(loss):
-                    terms = ", ".join(f"{k}={float(v):.4g}" for k, v in stats.items() if k.startswith("loss/"))
-                    raise NonFiniteLossError(
-                        f"Non-finite loss at step {step}, epoch {epoch}, minibatch {mb_i} ({terms}). The update was "
-                        f"not applied. Lower train.lr (now {tcfg.lr}), scale or clip the reward (reward.scale, "
-                        f"reward.clip, reward.normalize=true), or use bf16 instead of fp16.")
-                self.acc.backward(loss)
-                grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), tcfg.max_grad_norm)
-                if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
-                    raise NonFiniteLossError(
-                        f"Non-finite gradient norm at step {step}, epoch {epoch}, minibatch {mb_i}; the update was "
-                        f"not applied. Lower train.lr (now {tcfg.lr}) or check the reward scale.")
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                for k, v in stats.items():
-                    mstats[k].append(float(v))
-                if grad_norm is not None:  # DeepSpeed reports it only after its first step
-                    mstats["grad_norm"].append(float(grad_norm))
+        mstats = self.update(batch, kl_coef, step)
+        synchronize(self.device)
         update_s = time.perf_counter() - t_up
 
         # ---- KL control and metrics (over the global batch)
@@ -269,11 +240,90 @@ class OnlineTrainer(PolicyEvaluation):
             m[f"train/{k}"] = float(v)
         for k, v in mstats.items():
             m[f"train/{k}"] = sum(v) / len(v)
+        synchronize(self.device)
         step_s = time.perf_counter() - t_step
         m.update({"perf/gen_s": info["gen_s"], "perf/score_s": info["score_s"], "perf/update_s": update_s,
                   "perf/step_s": step_s, "perf/samples_per_s": tcfg.batch_size / step_s,
                   "perf/tokens_per_s": float(fmask.sum()) * self.world / step_s})
         return mean_over_ranks(self.acc, m)
+
+    def update(self, batch: dict[str, torch.Tensor], kl_coef: float, step: int = 0) -> dict[str, list[float]]:
+        """``train.epochs`` passes of shuffled optimizer steps over this process's share of a scored batch.
+
+        Each optimizer step sees ``train.mini_batch_size`` sequences over all processes, accumulated (accelerate's
+        ``accumulate``: no gradient sync until the last) from micro-batches of ``train.micro_batch_size``; each
+        micro-batch's loss is scaled by its share of the global mini-batch's tokens (``token-mean``) or sequences
+        (the other aggregations), so the step is the same for any split into processes and micro-batches. The
+        gradient norm is checked before the step. Returns the per-micro-batch stats.
+        """
+        tcfg = self.cfg.train
+        geo = self.geometry
+        self.policy.train()
+        mstats: dict[str, list[float]] = defaultdict(list)
+        mask = batch["response_mask"]
+        B = mask.shape[0]
+        keys = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (B,)]
+        by_tokens = self.objective.loss_aggregation == "token-mean"
+        for epoch in range(tcfg.epochs):
+            perm = torch.randperm(B, generator=self.shuffle_gen).to(self.device)
+            minis = [perm[s:s + self.mini_batch] for s in range(0, B, self.mini_batch)]
+            # the global size of each mini-batch (tokens or sequences), in one reduction per epoch
+            counts = torch.stack([mask[idx].sum() if by_tokens else torch.tensor(float(len(idx)), device=self.device)
+                                  for idx in minis]).double()
+            if self.reduce is not None:
+                counts = self.reduce(counts)
+            for mb_i, idx_mini in enumerate(minis):
+                bad_loss = None
+                for s in range(0, len(idx_mini), geo.local_micro):
+                    idx = idx_mini[s:s + geo.local_micro]
+                    mb = {k: batch[k][idx] for k in keys}
+                    with self.acc.accumulate(self.policy):
+                        out = score_responses(self.policy, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
+                                              mb["response_mask"], self.sampling.temperature,
+                                              return_entropy=self.objective.needs_entropy_grad,
+                                              return_values=self.objective.needs_value,
+                                              return_logits=self.objective.needs_full_logits)
+                        ref_full = None
+                        if self.objective.needs_full_logits:
+                            ref_logits = self._forward_chunks(self.ref, mb, self.sampling.temperature,
+                                                              logits=True)["logits"]
+                            ref_full = full_kl_from_logits(out.logits, ref_logits)
+                        loss, stats = self.objective.loss(out, mb, kl_coef, ref_full)
+                        if not torch.isfinite(loss):
+                            bad_loss = ", ".join(f"{k}={float(v):.4g}" for k, v in stats.items()
+                                                 if k.startswith("loss/"))
+                            if self.world == 1:   # with more processes every rank stops at the gradient check
+                                raise NonFiniteLossError(
+                                    f"Non-finite loss at step {step}, epoch {epoch}, minibatch {mb_i} ({bad_loss}). "
+                                    f"The update was not applied. Lower train.lr (now {tcfg.lr}), scale or clip the "
+                                    f"reward (reward.scale, reward.clip, reward.normalize=true), or use bf16 instead "
+                                    f"of fp16.")
+                        local = float(mb["response_mask"].sum()) if by_tokens else float(len(idx))
+                        scale = micro_batch_loss_scale(local, float(counts[mb_i]), self.world, geo.accumulation_steps)
+                        self.acc.backward(loss * scale)
+                    for k, v in stats.items():
+                        mstats[k].append(float(v))
+                if not self.acc.sync_gradients:
+                    raise RuntimeError("internal: the last micro-batch of a mini-batch did not sync gradients.")
+                self._optimizer_step(f"step {step}, epoch {epoch}, minibatch {mb_i}", bad_loss, mstats)
+        return mstats
+
+    def _optimizer_step(self, where: str, bad_loss: Optional[str], mstats: dict[str, list[float]]) -> None:
+        """Clip, check the (global) gradient norm, then step; a non-finite norm raises on every rank before the
+        step. (DeepSpeed steps its engine inside the last ``backward``; its own clipping applies.)"""
+        tcfg = self.cfg.train
+        grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), tcfg.max_grad_norm)
+        if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
+            loss_note = f" (this process's loss was non-finite: {bad_loss})" if bad_loss else ""
+            raise NonFiniteLossError(
+                f"Non-finite gradient norm at {where}{loss_note}; the update was not applied. Lower train.lr "
+                f"(now {tcfg.lr}), scale or clip the reward (reward.scale, reward.clip, reward.normalize=true), or "
+                f"use bf16 instead of fp16.")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if grad_norm is not None:  # DeepSpeed reports it only after its first step
+            mstats["grad_norm"].append(float(grad_norm))
 
     def train(self) -> dict[str, Any]:
         tcfg, ecfg = self.cfg.train, self.cfg.eval
