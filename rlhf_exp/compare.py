@@ -360,7 +360,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- plots
-_MARKERS = {"fixed": "o", "adaptive": "s", "none": "^"}
+_MARKER_CYCLE = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
 
 
 def _palette(n: int) -> list[Any]:
@@ -378,10 +378,31 @@ def _objective_colors(objectives: Iterable[str]) -> dict[str, Any]:
     return dict(zip(names, _palette(len(names))))
 
 
+def spread_labels(xs: Sequence[float], ys: Sequence[float], gap: float, width: float) -> list[float]:
+    """Heights for the labels of points at ``(xs, ys)`` (axes fractions, 0-1) so that no two labels closer than
+    ``width`` in x are closer than ``gap`` in y; each label stays as near its point as that allows, and the order
+    of the labels from bottom to top is the order of their points. Returns one height per point, same order."""
+    order = sorted(range(len(ys)), key=lambda i: (ys[i], xs[i]))
+    out = list(map(float, ys))
+    for _ in range(50):  # push overlapping neighbours apart, symmetrically, until nothing overlaps
+        moved = False
+        for a_pos, i in enumerate(order):
+            for j in order[a_pos + 1:]:
+                if abs(xs[i] - xs[j]) < width and out[j] - out[i] < gap:
+                    shift = (gap - (out[j] - out[i])) / 2 + 1e-9
+                    out[i] -= shift
+                    out[j] += shift
+                    moved = True
+        if not moved:
+            break
+    return out
+
+
 def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], path: Path, title: str) -> None:
-    """Final eval reward against final eval KL: one point per group (mean over seeds, error bars +-1 std), one
-    colour per objective, one marker per KL controller, each point labelled with its swept values; the policy before
-    training (KL 0, mean start reward) as a black star."""
+    """Final eval reward against final eval KL: one point per group (mean over seeds, error bars +-1 std), one colour
+    per objective and one marker per objective and KL controller (also in the legend), and every point labelled
+    with its objective and swept values, the labels spread so they do not overlap; the policy before training
+    (KL 0, mean start reward) as a black star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,41 +410,50 @@ def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], 
 
     pts = [a for a in aggs if a["n"] > 0 and not math.isnan(a["eval/kl_mean"])]
     colors = _objective_colors(a["objective"] for a in pts)
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    all_x = [a["eval/kl_mean"] for a in pts] + [0.0]
-    x_mid = (min(all_x) + max(all_x)) / 2
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     series: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for a in pts:
         series.setdefault((a["objective"], a["kl"]), []).append(a)
-    for (obj, kl), members in sorted(series.items()):
+    labelled: list[tuple[float, float, str, Any]] = []
+    for k, ((obj, kl), members) in enumerate(sorted(series.items())):
         members = sorted(members, key=lambda a: a["eval/kl_mean"])
         xs = [a["eval/kl_mean"] for a in members]
         ys = [a["eval/reward_mean_mean"] for a in members]
         xe = [0.0 if math.isnan(a["eval/kl_std"]) else a["eval/kl_std"] for a in members]
         ye = [0.0 if math.isnan(a["eval/reward_mean_std"]) else a["eval/reward_mean_std"] for a in members]
-        ax.errorbar(xs, ys, xerr=xe, yerr=ye, color=colors[obj], marker=_MARKERS.get(kl, "D"), markersize=7,
-                    linestyle="-", linewidth=0.8, capsize=3, label=f"{obj} ({kl} KL)")
+        ax.errorbar(xs, ys, xerr=xe, yerr=ye, color=colors[obj], marker=_MARKER_CYCLE[k % len(_MARKER_CYCLE)],
+                    markersize=7, markeredgecolor="black", markeredgewidth=0.5, linestyle="-", linewidth=0.8,
+                    capsize=3, elinewidth=0.8, alpha=0.9, label=f"{obj} ({kl} KL)")
         for a, x, y in zip(members, xs, ys):
             extra = a["label"].split(" ", 2)[2] if a["label"].count(" ") >= 2 else ""
-            if extra:
-                extra = extra if len(extra) <= 40 else extra[:39] + "…"
-                right_half = x > x_mid  # labels point inwards, so they stay inside the figure
-                note = ax.annotate(extra, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, 6),
-                                   ha="right" if right_half else "left", fontsize=8, annotation_clip=False)
-                note.set_in_layout(False)  # long labels must not squeeze the axes
+            extra = extra if len(extra) <= 30 else extra[:29] + "…"
+            labelled.append((x, y, f"{obj} {extra}".strip(), colors[obj]))
     start = _mean(float(r.summary.get("eval/reward_mean_start", math.nan)) for r in runs if r.finished)
     if not math.isnan(start):
         ax.plot([0.0], [start], marker="*", color="black", markersize=13, linestyle="none",
                 label="policy before training")
-    ax.margins(x=0.06, y=0.08)
+    ax.margins(x=0.08, y=0.1)
     ax.set_xlabel(KL_LABEL)
     ax.set_ylabel(REWARD_LABEL)
     n_seeds = max((a["n"] for a in pts), default=0)
     sub = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one run per point"
     ax.set_title(f"{title}\nreward vs KL at the end of training ({sub})", fontsize=11)
     ax.grid(alpha=0.3)
+    if labelled:
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        fx = [(x - x0) / ((x1 - x0) or 1.0) for x, _, _, _ in labelled]
+        fy = [(y - y0) / ((y1 - y0) or 1.0) for _, y, _, _ in labelled]
+        left = [f > 0.6 for f in fx]  # labels point inwards, so they stay inside the axes
+        side = [f - 0.035 if lft else f + 0.035 for f, lft in zip(fx, left)]
+        heights = spread_labels([s - (1.0 if lft else 0.0) for s, lft in zip(side, left)], fy, gap=0.045, width=0.3)
+        for (x, y, text, color), sx, hy, lft in zip(labelled, side, heights, left):
+            note = ax.annotate(text, (x, y), xytext=(sx, hy), textcoords="axes fraction", fontsize=8, color="black",
+                               ha="right" if lft else "left", va="center", annotation_clip=False,
+                               bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=color, lw=0.8, alpha=0.85),
+                               arrowprops=dict(arrowstyle="-", color=color, lw=0.7, shrinkA=0, shrinkB=4))
+            note.set_in_layout(False)  # long labels must not squeeze the axes
     if pts or not math.isnan(start):
-        ax.legend(fontsize=8, loc="best", numpoints=1)
+        ax.legend(fontsize=8, loc="lower right", numpoints=1, framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from rlhf_exp.core.advantages import preprocess_scores
 from rlhf_exp.core.kl import full_kl_from_logits, make_kl_controller, per_token_kl
@@ -31,7 +30,7 @@ from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
-from rlhf_exp.train.common import NonFiniteLossError, RunningMoments
+from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, advance_bar, progress_bar
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
 
 
@@ -206,19 +205,16 @@ class OnlineTrainer(PolicyEvaluation):
         tcfg, ecfg = self.cfg.train, self.cfg.eval
         t_start = time.perf_counter()
         self._record(self.evaluate(0), 0)
-        import sys
-
-        bar = tqdm(range(1, tcfg.steps + 1), desc=f"{self.objective.name}", disable=not self.is_main,
-                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
-        for step in bar:
+        bar = progress_bar(self.objective.name, tcfg.steps, self.is_main)
+        for step in range(1, tcfg.steps + 1):
             metrics = self.train_step(step)
             if ecfg.every and (step % ecfg.every == 0) and step != tcfg.steps:
                 metrics.update(self.evaluate(step))
             if step == tcfg.steps:
                 metrics.update(self.evaluate(step))
             self._record(metrics, step)
-            bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}", kl=f"{metrics['train/kl']:.3f}",
-                            kl_coef=f"{metrics['train/kl_coef']:.3g}")
+            advance_bar(bar, reward=f"{metrics['train/reward_mean']:.3f}", kl=f"{metrics['train/kl']:.3f}",
+                        kl_coef=f"{metrics['train/kl_coef']:.3g}")
         bar.close()
         wall = time.perf_counter() - t_start
         return self.finish(wall)
