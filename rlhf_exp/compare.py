@@ -378,30 +378,59 @@ def _objective_colors(objectives: Iterable[str]) -> dict[str, Any]:
     return dict(zip(names, _palette(len(names))))
 
 
-def spread_labels(xs: Sequence[float], ys: Sequence[float], gap: float, width: float) -> list[float]:
-    """Heights for the labels of points at ``(xs, ys)`` (axes fractions, 0-1) so that no two labels closer than
-    ``width`` in x are closer than ``gap`` in y; each label stays as near its point as that allows, and the order
-    of the labels from bottom to top is the order of their points. Returns one height per point, same order."""
-    order = sorted(range(len(ys)), key=lambda i: (ys[i], xs[i]))
-    out = list(map(float, ys))
-    for _ in range(50):  # push overlapping neighbours apart, symmetrically, until nothing overlaps
-        moved = False
-        for a_pos, i in enumerate(order):
-            for j in order[a_pos + 1:]:
-                if abs(xs[i] - xs[j]) < width and out[j] - out[i] < gap:
-                    shift = (gap - (out[j] - out[i])) / 2 + 1e-9
-                    out[i] -= shift
-                    out[j] += shift
-                    moved = True
-        if not moved:
-            break
-    return out
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 (pixels)
+
+
+def _overlap(a: Box, b: Box) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+# Where a label may go, nearest first: (dx, dy) directions from its point, at growing distances (pixels).
+_DIRECTIONS = ((1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1), (0, -1))
+_RADII = (10, 22, 38, 58, 82, 110, 145)
+
+
+def place_labels(points: Sequence[tuple[float, float]], sizes: Sequence[tuple[float, float]], bounds: Box,
+                 obstacles: Sequence[Box] = (), marker: float = 7.0) -> list[Box]:
+    """Boxes for the labels of ``points`` (pixels), label ``i`` of size ``sizes[i]`` (width, height): each as near
+    its point as possible without overlapping another label, any point's marker (a square of half-width
+    ``marker``), or an ``obstacle`` (the legend), and inside ``bounds``. Greedy, the most crowded points first;
+    when nothing is free, the candidate with the least overlap. Returns one box per point, same order."""
+    markers = [(x - marker, y - marker, x + marker, y + marker) for x, y in points]
+
+    def crowding(i: int) -> float:
+        return -sum(1.0 / (1.0 + math.dist(points[i], q)) for q in points)
+
+    placed: dict[int, Box] = {}
+    for i in sorted(range(len(points)), key=crowding):
+        (x, y), (w, h) = points[i], sizes[i]
+        best, best_cost = None, math.inf
+        for r in _RADII:
+            for dx, dy in _DIRECTIONS:
+                cx, cy = x + dx * r, y + dy * r * 0.7
+                x0 = cx if dx > 0 else cx - w if dx < 0 else cx - w / 2
+                y0 = cy - h / 2 if dy == 0 else cy if dy > 0 else cy - h
+                box = (x0, y0, x0 + w, y0 + h)
+                outside = max(0.0, bounds[0] - box[0]) + max(0.0, box[2] - bounds[2]) + \
+                    max(0.0, bounds[1] - box[1]) + max(0.0, box[3] - bounds[3])
+                cost = sum(_overlap(box, o) for o in [*placed.values(), *markers, *obstacles]) + outside * 1e4
+                if cost < best_cost:
+                    best, best_cost = box, cost
+                if cost == 0.0:
+                    break
+            if best_cost == 0.0:
+                break
+        placed[i] = best
+    return [placed[i] for i in range(len(points))]
 
 
 def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], path: Path, title: str) -> None:
     """Final eval reward against final eval KL: one point per group (mean over seeds, error bars +-1 std), one colour
     per objective and one marker per objective and KL controller (also in the legend), and every point labelled
-    with its objective and swept values, the labels spread so they do not overlap; the policy before training
+    with its objective and swept values (placed clear of each other, the markers and the legend: place_labels);
+    the policy before training
     (KL 0, mean start reward) as a black star."""
     import matplotlib
 
@@ -439,24 +468,40 @@ def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], 
     sub = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one run per point"
     ax.set_title(f"{title}\nreward vs KL at the end of training ({sub})", fontsize=11)
     ax.grid(alpha=0.3)
-    if labelled:
-        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-        fx = [(x - x0) / ((x1 - x0) or 1.0) for x, _, _, _ in labelled]
-        fy = [(y - y0) / ((y1 - y0) or 1.0) for _, y, _, _ in labelled]
-        left = [f > 0.6 for f in fx]  # labels point inwards, so they stay inside the axes
-        side = [f - 0.035 if lft else f + 0.035 for f, lft in zip(fx, left)]
-        heights = spread_labels([s - (1.0 if lft else 0.0) for s, lft in zip(side, left)], fy, gap=0.045, width=0.3)
-        for (x, y, text, color), sx, hy, lft in zip(labelled, side, heights, left):
-            note = ax.annotate(text, (x, y), xytext=(sx, hy), textcoords="axes fraction", fontsize=8, color="black",
-                               ha="right" if lft else "left", va="center", annotation_clip=False,
-                               bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=color, lw=0.8, alpha=0.85),
-                               arrowprops=dict(arrowstyle="-", color=color, lw=0.7, shrinkA=0, shrinkB=4))
-            note.set_in_layout(False)  # long labels must not squeeze the axes
-    if pts or not math.isnan(start):
-        ax.legend(fontsize=8, loc="lower right", numpoints=1, framealpha=0.9)
+    legend = ax.legend(fontsize=8, loc="lower right", numpoints=1, framealpha=0.9) if pts or not math.isnan(start) \
+        else None
     fig.tight_layout()
+    if labelled:
+        _draw_point_labels(fig, ax, labelled, legend)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _draw_point_labels(fig: Any, ax: Any, labelled: Sequence[tuple[float, float, str, Any]], legend: Any) -> None:
+    """Label every point of the frontier (``(x, y, text, colour)`` in data coordinates), placed by
+    :func:`place_labels` clear of each other, of the markers and of the legend, with a thin leader line."""
+    renderer = fig.canvas.get_renderer()
+    pts = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in labelled]
+    sizes = []
+    for _, _, text, _ in labelled:
+        probe = ax.text(0, 0, text, fontsize=8, bbox=dict(boxstyle="round,pad=0.15"))
+        ext = probe.get_window_extent(renderer)
+        sizes.append((ext.width + 6, ext.height + 4))
+        probe.remove()
+    bbox = ax.get_window_extent(renderer)
+    obstacles = []
+    if legend is not None:
+        e = legend.get_window_extent(renderer)
+        obstacles.append((e.x0, e.y0, e.x1, e.y1))
+    boxes = place_labels(pts, sizes, (bbox.x0, bbox.y0, bbox.x1, bbox.y1), obstacles)
+    to_data = ax.transData.inverted()
+    for (x, y, text, color), box in zip(labelled, boxes):
+        cx, cy = to_data.transform(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+        note = ax.annotate(text, (x, y), xytext=(cx, cy), textcoords="data", fontsize=8, ha="center", va="center",
+                           annotation_clip=False,
+                           bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=color, lw=0.8, alpha=0.9),
+                           arrowprops=dict(arrowstyle="-", color=color, lw=0.7, shrinkA=0, shrinkB=5))
+        note.set_in_layout(False)
 
 
 def _mean_curve(runs: Sequence[RunRecord], key: str) -> tuple[list[int], list[float], list[float]]:

@@ -110,3 +110,17 @@ def test_a_wandb_server_that_never_answers_falls_back_after_init_timeout(tmp_pat
     finally:
         listener.close()
     assert "did not start an online run within 5 s" in capsys.readouterr().out
+
+
+def test_progress_bar_counter_and_postfix_describe_the_same_step(capsys):
+    from rlhf_exp.train.common import advance_bar, progress_bar
+
+    bar = progress_bar("ppo", 3, enabled=True)
+    for step in (1, 2):
+        advance_bar(bar, reward=f"{step}.000")
+    assert bar.n == 2 and "2/3" in str(bar) and "reward=2.000" in str(bar)
+    bar.close()
+    drawn = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert [line for line in drawn if "reward=" in line][-1].split("|")[2].split("[")[0].strip() == "2/3"
+    assert progress_bar("ppo", 0, enabled=True).disable, "train.steps=0: no empty bar"
+    assert progress_bar("ppo", 5, enabled=False).disable, "only the main process draws"

@@ -156,7 +156,7 @@ def test_multirun_keeps_going_after_a_failed_job_and_exits_nonzero(tiny_sweep):
     assert proc.stdout.strip().splitlines()[-2:] == [
         "[rlhf_exp] sweep folder: sweep (4 jobs: 2 finished, 2 failed)",
         "[rlhf_exp] compare the runs: python -m rlhf_exp.compare sweep"]
-    assert not list(sweep_dir.rglob("*.log")), "no empty per-job log files"
+    assert not list(sweep_dir.glob("*/*.log")), "no empty per-job log files"
 
 
 def test_multirun_jobs_share_a_wandb_group_and_are_tagged_with_their_overrides(tiny_sweep):
