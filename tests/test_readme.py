@@ -16,9 +16,21 @@ def test_readme_math_snippet_runs():
     assert namespace["loss"].dim() == 0 and bool(namespace["loss"].isfinite())
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_on_the_cpu_build():
     ci = (README.parent / ".ci" / "run").read_text()
-    assert "make test" in README.read_text() and "make test" in ci
+    assert "make test" in README.read_text() and 'make test TORCH="torch==2.13.0+cpu"' in ci
+    text = README.read_text()
+    assert "https://download.pytorch.org/whl/cpu" in text and 'TORCH="torch==2.13.0+cpu"' in text
+
+
+def test_packaging_metadata():
+    """An SPDX license string (no setuptools deprecation warning), and .gitignore does not hide tracked configs."""
+    import tomllib
+
+    meta = tomllib.loads((README.parent / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "Apache-2.0"
+    ignored = (README.parent / ".gitignore").read_text().splitlines()
+    assert not [line for line in ignored if line.startswith(("conf", "/conf"))]
 
 
 def test_readme_documents_every_config_option():
