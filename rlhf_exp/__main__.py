@@ -81,6 +81,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
 
     On an error the run folder gets a ``summary.json`` with ``status: "failed: <error>"`` and the traceback, a banner
     is printed, and the error is raised again (in a Hydra multirun the next jobs still run; see docs/sweeps.md).
+    A ``ConfigError`` (a setting that cannot work, or online W&B without credentials, found before anything loads)
+    leaves only a short ``summary.json``, no banner; from the command line it is one line and no run folder.
     """
     from rlhf_exp.tracking import Tracker, check_logger
     from rlhf_exp.train.common import make_accelerator, quiet_libraries, seed_everything

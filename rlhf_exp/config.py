@@ -205,7 +205,7 @@ RANGE_RULES: list[tuple[str, object, str]] = [
     ("train.mixed_precision", lambda v: v in ("no", "bf16", "fp16"), "one of no, bf16, fp16"),
     ("device", lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
     ("generation.max_new_tokens", lambda v: v >= 1, ">= 1"),
-    ("generation.min_new_tokens", lambda v: v >= 0, ">= 0"),
+    ("generation.min_new_tokens", lambda v: v >= 1, ">= 1"),
     ("generation.temperature", lambda v: v > 0,
      "> 0 (training rollouts always sample; for greedy evaluation set eval.do_sample=false)"),
     ("generation.top_k", lambda v: v >= 0, ">= 0 (0 = off)"),
