@@ -100,19 +100,29 @@ def wandb_base_url() -> str:
 
 
 def server_reachable(url: str, timeout: float) -> Optional[str]:
-    """None when a TCP connection to ``url``'s host and port opens within ``timeout`` seconds, else the reason."""
+    """None when a TCP connection to ``url``'s host and port opens within ``timeout`` seconds (name lookup
+    included), else the reason."""
     import socket
+    import threading
     from urllib.parse import urlparse
 
     u = urlparse(url)
     host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
     if not host:
         return f"no host in {url!r}"
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as e:
-        return f"{type(e).__name__}: {e}"
-    return None
+    outcome: list[Optional[str]] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(f"{type(e).__name__}: {e}")
+
+    probe = threading.Thread(target=connect, daemon=True)  # a hanging name lookup must not hold the run
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"no connection within {timeout:g} s"
 
 
 class Tracker:
