@@ -1,6 +1,7 @@
 """Where the configs live, the ``${asset:...}`` resolver, and checks of a composed config before anything loads."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -69,10 +70,12 @@ def _global_yamls() -> list[Path]:
     return files
 
 
+@functools.lru_cache(maxsize=None)
 def declared_settings() -> dict:
     """The run settings as the yaml files declare them: every top-level key of ``conf/config.yaml`` and of the
     ``_global_`` group options (``seed``, ``train``, ``generation``, ...), except the config groups themselves,
-    ``defaults`` and ``hydra``; with ``conf/config.yaml``'s values first (its defaults give the expected types)."""
+    ``defaults`` and ``hydra``; with ``conf/config.yaml``'s values first (its defaults give the expected types).
+    Read once per process (do not modify the returned dict)."""
     groups = set(config_groups())
     merged: dict = {}
     for path in reversed(_global_yamls()):  # config.yaml last, so its values win
