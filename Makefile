@@ -1,8 +1,11 @@
 # One-command entry points that set themselves up on a fresh machine (Python 3.10+ with venv).
 #   make run [ARGS="objective=grpo kl=fixed"]   the default experiment (objective=ppo kl=adaptive), offline, CPU
 #   make test                                   the test suite
-# TORCH picks the PyTorch build installed into the venv when it has none, e.g.
-#   make test TORCH="torch==2.13.0"  (default)   or   make run TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
+# TORCH is what pip installs for PyTorch when the venv has none. The default, torch==2.13.0, comes from your pip
+# index: from PyPI the CUDA build on Linux x86-64, a CPU build on macOS and Windows. To choose the build:
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"     the CPU build
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXXX"   a CUDA build
+# CI (.ci/run) pins the CPU build: make test TORCH="torch==2.13.0+cpu".
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0

@@ -7,6 +7,9 @@ Examples::
     python -m rlhf_exp -m kl.kl_coef=0.01,0.1 seed=0,1    # Hydra multirun sweep
     python -m rlhf_exp -m sweep=kl_grid                   # a ready sweep from conf/sweep/ (docs/sweeps.md)
     python -m rlhf_exp objective=dpo                      # offline objectives: sft | reward | dpo | kto
+    python -m rlhf_exp.compare multirun/<date>/<time>     # table + reward-vs-KL frontier + curves of a sweep
+
+``python -m rlhf_exp --help`` lists the config groups with their options (conf/hydra/help/rlhf_exp.yaml).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rlhf_exp.config import CONFIG_DIR, OFFLINE, validate
+from rlhf_exp.config import CONFIG_DIR, OFFLINE, ConfigError, check_overrides, validate
+from rlhf_exp.cli import command_line_overrides, discard_unstarted_run, fail, print_sweep_report
 from rlhf_exp.distributed import hydra_overrides_for_rank, launcher_rank, shared_output_dir
 
 
@@ -78,8 +82,10 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
 
     On an error the run folder gets a ``summary.json`` with ``status: "failed: <error>"`` and the traceback, a banner
     is printed, and the error is raised again (in a Hydra multirun the next jobs still run; see docs/sweeps.md).
+    A ``ConfigError`` (a setting that cannot work, or online W&B without credentials, found before anything loads)
+    leaves only a short ``summary.json``, no banner; from the command line it is one line and no run folder.
     """
-    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.tracking import Tracker, check_logger
     from rlhf_exp.train.checkpoint import Checkpointer, RunFolderBusy, RunInterrupted
     from rlhf_exp.train.common import make_accelerator, quiet_libraries, seed_everything
     from rlhf_exp.train.online import OnlineTrainer, summary_line
@@ -90,6 +96,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     tracker = trainer = checkpointer = None
     try:
         validate(cfg)
+        check_logger(cfg.logger)
         quiet_libraries()
         seed_everything(int(cfg.seed))
         _group_and_tags(cfg)
@@ -136,7 +143,12 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
                 partial = trainer.finish(time.perf_counter() - t0, status=f"failed: {type(e).__name__}: {e}")
             except Exception:  # keep the original error
                 pass
-        if is_main:
+        if is_main and isinstance(e, ConfigError):  # nothing started: a short summary (a sweep lists it), no banner
+            from rlhf_exp.tracking import write_summary
+
+            write_summary(output_dir, {"objective": cfg.objective.get("name"), "kl_controller": cfg.kl.get("controller"),
+                                       "status": f"failed: ConfigError: {e}"})
+        elif is_main:
             try:
                 _report_failure(output_dir, cfg, e, partial, time.perf_counter() - t0)
             except Exception as report_error:  # keep the original error
@@ -190,7 +202,17 @@ def _resume_hint(output_dir: Path, stop: BaseException) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
-    summary = run(cfg)
+    from hydra.types import RunMode
+
+    try:
+        summary = run(cfg)
+    except ConfigError as e:  # the run never started
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:  # the other jobs go on; summary.json says why this one failed
+            print(f"[rlhf_exp] job {hc.job.num} not started: {e}", file=sys.stderr, flush=True)
+            raise
+        discard_unstarted_run(Path(hc.runtime.output_dir))
+        fail(str(e))
     if launcher_rank() > 0:  # the scratch folder Hydra made for this rank (see hydra_overrides_for_rank)
         import shutil
 
@@ -200,6 +222,10 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    try:
+        check_overrides(command_line_overrides(sys.argv[1:]))
+    except ConfigError as e:
+        fail(str(e))
     # Under torchrun/accelerate every rank runs this; only rank 0 lets Hydra create the run folder.
     from rlhf_exp.train.checkpoint import RunInterrupted
 
@@ -208,6 +234,8 @@ def main() -> None:
         _hydra_main()
     except RunInterrupted as e:   # stopped by SIGTERM / SIGINT after saving a checkpoint: exit 128 + signal number
         sys.exit(e.exit_code)
+    finally:  # also when a failed job ended the sweep: its folder and the compare command come last
+        print_sweep_report()
 
 
 if __name__ == "__main__":

@@ -369,7 +369,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- plots
-_MARKERS = {"fixed": "o", "adaptive": "s", "none": "^"}
+_MARKER_CYCLE = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
 
 
 def _palette(n: int) -> list[Any]:
@@ -387,10 +387,60 @@ def _objective_colors(objectives: Iterable[str]) -> dict[str, Any]:
     return dict(zip(names, _palette(len(names))))
 
 
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 (pixels)
+
+
+def _overlap(a: Box, b: Box) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+# Where a label may go, nearest first: (dx, dy) directions from its point, at growing distances (pixels).
+_DIRECTIONS = ((1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1), (0, -1))
+_RADII = (10, 22, 38, 58, 82, 110, 145)
+
+
+def place_labels(points: Sequence[tuple[float, float]], sizes: Sequence[tuple[float, float]], bounds: Box,
+                 obstacles: Sequence[Box] = (), marker: float = 7.0) -> list[Box]:
+    """Boxes for the labels of ``points`` (pixels), label ``i`` of size ``sizes[i]`` (width, height): each as near
+    its point as possible without overlapping another label, any point's marker (a square of half-width
+    ``marker``), or an ``obstacle`` (the legend), and inside ``bounds``. Greedy, the most crowded points first;
+    when nothing is free, the candidate with the least overlap. Returns one box per point, same order."""
+    markers = [(x - marker, y - marker, x + marker, y + marker) for x, y in points]
+
+    def crowding(i: int) -> float:
+        return -sum(1.0 / (1.0 + math.dist(points[i], q)) for q in points)
+
+    placed: dict[int, Box] = {}
+    for i in sorted(range(len(points)), key=crowding):
+        (x, y), (w, h) = points[i], sizes[i]
+        best, best_cost = None, math.inf
+        for r in _RADII:
+            for dx, dy in _DIRECTIONS:
+                cx, cy = x + dx * r, y + dy * r * 0.7
+                x0 = cx if dx > 0 else cx - w if dx < 0 else cx - w / 2
+                y0 = cy - h / 2 if dy == 0 else cy if dy > 0 else cy - h
+                box = (x0, y0, x0 + w, y0 + h)
+                outside = max(0.0, bounds[0] - box[0]) + max(0.0, box[2] - bounds[2]) + \
+                    max(0.0, bounds[1] - box[1]) + max(0.0, box[3] - bounds[3])
+                cost = sum(_overlap(box, o) for o in [*placed.values(), *markers, *obstacles]) + outside * 1e4
+                if cost < best_cost:
+                    best, best_cost = box, cost
+                if cost == 0.0:
+                    break
+            if best_cost == 0.0:
+                break
+        placed[i] = best
+    return [placed[i] for i in range(len(points))]
+
+
 def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], path: Path, title: str) -> None:
-    """Final eval reward against final eval KL: one point per group (mean over seeds, error bars +-1 std), one
-    colour per objective, one marker per KL controller, each point labelled with its swept values; the policy before
-    training (KL 0, mean start reward) as a black star."""
+    """Final eval reward against final eval KL: one point per group (mean over seeds, error bars +-1 std), one colour
+    per objective and one marker per objective and KL controller (also in the legend), and every point labelled
+    with its objective and swept values (placed clear of each other, the markers and the legend: place_labels);
+    the policy before training
+    (KL 0, mean start reward) as a black star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -398,44 +448,69 @@ def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], 
 
     pts = [a for a in aggs if a["n"] > 0 and not math.isnan(a["eval/kl_mean"])]
     colors = _objective_colors(a["objective"] for a in pts)
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    all_x = [a["eval/kl_mean"] for a in pts] + [0.0]
-    x_mid = (min(all_x) + max(all_x)) / 2
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     series: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for a in pts:
         series.setdefault((a["objective"], a["kl"]), []).append(a)
-    for (obj, kl), members in sorted(series.items()):
+    labelled: list[tuple[float, float, str, Any]] = []
+    for k, ((obj, kl), members) in enumerate(sorted(series.items())):
         members = sorted(members, key=lambda a: a["eval/kl_mean"])
         xs = [a["eval/kl_mean"] for a in members]
         ys = [a["eval/reward_mean_mean"] for a in members]
         xe = [0.0 if math.isnan(a["eval/kl_std"]) else a["eval/kl_std"] for a in members]
         ye = [0.0 if math.isnan(a["eval/reward_mean_std"]) else a["eval/reward_mean_std"] for a in members]
-        ax.errorbar(xs, ys, xerr=xe, yerr=ye, color=colors[obj], marker=_MARKERS.get(kl, "D"), markersize=7,
-                    linestyle="-", linewidth=0.8, capsize=3, label=f"{obj} ({kl} KL)")
+        ax.errorbar(xs, ys, xerr=xe, yerr=ye, color=colors[obj], marker=_MARKER_CYCLE[k % len(_MARKER_CYCLE)],
+                    markersize=7, markeredgecolor="black", markeredgewidth=0.5, linestyle="-", linewidth=0.8,
+                    capsize=3, elinewidth=0.8, alpha=0.9, label=f"{obj} ({kl} KL)")
         for a, x, y in zip(members, xs, ys):
             extra = a["label"].split(" ", 2)[2] if a["label"].count(" ") >= 2 else ""
-            if extra:
-                extra = extra if len(extra) <= 40 else extra[:39] + "…"
-                right_half = x > x_mid  # labels point inwards, so they stay inside the figure
-                note = ax.annotate(extra, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, 6),
-                                   ha="right" if right_half else "left", fontsize=8, annotation_clip=False)
-                note.set_in_layout(False)  # long labels must not squeeze the axes
+            extra = extra if len(extra) <= 30 else extra[:29] + "…"
+            labelled.append((x, y, f"{obj} {extra}".strip(), colors[obj]))
     start = _mean(float(r.summary.get("eval/reward_mean_start", math.nan)) for r in runs if r.finished)
     if not math.isnan(start):
         ax.plot([0.0], [start], marker="*", color="black", markersize=13, linestyle="none",
                 label="policy before training")
-    ax.margins(x=0.06, y=0.08)
+    ax.margins(x=0.08, y=0.1)
     ax.set_xlabel(KL_LABEL)
     ax.set_ylabel(REWARD_LABEL)
     n_seeds = max((a["n"] for a in pts), default=0)
     sub = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one run per point"
     ax.set_title(f"{title}\nreward vs KL at the end of training ({sub})", fontsize=11)
     ax.grid(alpha=0.3)
-    if pts or not math.isnan(start):
-        ax.legend(fontsize=8, loc="best", numpoints=1)
+    legend = ax.legend(fontsize=8, loc="lower right", numpoints=1, framealpha=0.9) if pts or not math.isnan(start) \
+        else None
     fig.tight_layout()
+    if labelled:
+        _draw_point_labels(fig, ax, labelled, legend)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _draw_point_labels(fig: Any, ax: Any, labelled: Sequence[tuple[float, float, str, Any]], legend: Any) -> None:
+    """Label every point of the frontier (``(x, y, text, colour)`` in data coordinates), placed by
+    :func:`place_labels` clear of each other, of the markers and of the legend, with a thin leader line."""
+    renderer = fig.canvas.get_renderer()
+    pts = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in labelled]
+    sizes = []
+    for _, _, text, _ in labelled:
+        probe = ax.text(0, 0, text, fontsize=8, bbox=dict(boxstyle="round,pad=0.15"))
+        ext = probe.get_window_extent(renderer)
+        sizes.append((ext.width + 6, ext.height + 4))
+        probe.remove()
+    bbox = ax.get_window_extent(renderer)
+    obstacles = []
+    if legend is not None:
+        e = legend.get_window_extent(renderer)
+        obstacles.append((e.x0, e.y0, e.x1, e.y1))
+    boxes = place_labels(pts, sizes, (bbox.x0, bbox.y0, bbox.x1, bbox.y1), obstacles)
+    to_data = ax.transData.inverted()
+    for (x, y, text, color), box in zip(labelled, boxes):
+        cx, cy = to_data.transform(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+        note = ax.annotate(text, (x, y), xytext=(cx, cy), textcoords="data", fontsize=8, ha="center", va="center",
+                           annotation_clip=False,
+                           bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=color, lw=0.8, alpha=0.9),
+                           arrowprops=dict(arrowstyle="-", color=color, lw=0.7, shrinkA=0, shrinkB=5))
+        note.set_in_layout(False)
 
 
 def _mean_curve(runs: Sequence[RunRecord], key: str) -> tuple[list[int], list[float], list[float]]:

@@ -29,8 +29,8 @@ class SamplingSettings:
             raise ValueError(f"generation: need 1 <= min_new_tokens <= max_new_tokens, got {self.min_new_tokens} "
                              f"and {self.max_new_tokens}.")
         if self.temperature <= 0:
-            raise ValueError(f"generation.temperature must be > 0, got {self.temperature}; use do_sample=false for "
-                             f"greedy decoding.")
+            raise ValueError(f"generation.temperature must be > 0, got {self.temperature} (training rollouts always "
+                             f"sample; for greedy evaluation set eval.do_sample=false).")
 
     @property
     def truncates(self) -> bool:

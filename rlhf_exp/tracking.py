@@ -2,7 +2,8 @@
 
 Only the main process writes. The files are flushed line by line, so a run that stops early (an error, Ctrl-C)
 keeps everything logged until then. Without W&B credentials the W&B run is offline (synced later with
-``wandb sync <run dir>/wandb/offline-run-*``), announced in one line.
+``wandb sync <run dir>/wandb/offline-run-*``), announced in one line; so is a W&B server that cannot be reached
+within ``logger.init_timeout`` seconds. Online mode asked for without credentials is an error before the run starts.
 """
 from __future__ import annotations
 
@@ -86,6 +87,57 @@ def wandb_credentials_present() -> bool:
     return rc.authenticators(host) is not None
 
 
+def wandb_mode(logger_cfg: Mapping[str, Any]) -> str:
+    """The W&B mode a run will use: ``logger.mode``, else ``WANDB_MODE``, else online with credentials and offline
+    without."""
+    mode = logger_cfg.get("mode") or os.environ.get("WANDB_MODE")
+    if mode:
+        return str(mode)
+    return "online" if wandb_credentials_present() else "offline"
+
+
+def check_logger(logger_cfg: Mapping[str, Any]) -> None:
+    """Before anything is written: online W&B logging asked for (``logger.mode=online`` or ``WANDB_MODE=online``)
+    without credentials would stop at W&B's interactive login prompt, or fail after the run folder exists."""
+    from rlhf_exp.config import ConfigError
+
+    if logger_cfg.get("kind") != "wandb" or wandb_mode(logger_cfg) != "online" or wandb_credentials_present():
+        return
+    where = "logger.mode=online" if logger_cfg.get("mode") else "WANDB_MODE=online"
+    raise ConfigError(f"W&B logging is online ({where}) but no W&B API key was found: run `wandb login` (or set "
+                      f"WANDB_API_KEY), or log offline with logger.mode=offline (sync later with `wandb sync`).")
+
+
+def wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def server_reachable(url: str, timeout: float) -> Optional[str]:
+    """None when a TCP connection to ``url``'s host and port opens within ``timeout`` seconds (name lookup
+    included), else the reason."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+    if not host:
+        return f"no host in {url!r}"
+    outcome: list[Optional[str]] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(f"{type(e).__name__}: {e}")
+
+    probe = threading.Thread(target=connect, daemon=True)  # a hanging name lookup must not hold the run
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"no connection within {timeout:g} s"
+
+
 class Tracker:
     """Logs metrics and sample completions of one run.
 
@@ -127,14 +179,16 @@ class Tracker:
     def _init_wandb(self, cfg: Mapping[str, Any], run_config: Mapping[str, Any], run_name: str) -> None:
         import wandb
 
-        mode = cfg.get("mode") or os.environ.get("WANDB_MODE")
-        if not mode:
-            if wandb_credentials_present():
-                mode = "online"
-            else:
+        mode = wandb_mode(cfg)
+        if not (cfg.get("mode") or os.environ.get("WANDB_MODE")) and mode == "offline":
+            print(f"[rlhf_exp] No W&B credentials found: logging offline to {self.output_dir / 'wandb'} "
+                  f"(sync later with `wandb sync`, or run `wandb login` / set WANDB_API_KEY).", flush=True)
+        timeout = float(cfg.get("init_timeout") or 30)
+        if mode == "online":
+            reason = server_reachable(wandb_base_url(), timeout=min(timeout, 5.0))
+            if reason is not None:
+                self._offline_notice(f"cannot reach the W&B server {wandb_base_url()} ({reason})")
                 mode = "offline"
-                print(f"[rlhf_exp] No W&B credentials found: logging offline to {self.output_dir / 'wandb'} "
-                      f"(sync later with `wandb sync`, or run `wandb login` / set WANDB_API_KEY).", flush=True)
         tags = [str(t)[:WANDB_TAG_MAX] for t in cfg.get("tags") or []]
         # One W&B run per run folder: its id is kept in the folder, so a resumed run continues the same W&B run.
         id_file = self.output_dir / WANDB_ID_FILE
@@ -142,12 +196,22 @@ class Tracker:
         if not run_id:
             run_id = secrets.token_hex(4)          # not the global random module: that is seeded run state
             id_file.write_text(run_id + "\n")
-        self._wandb = wandb.init(
-            id=run_id, resume="allow",
-            project=cfg.get("project", "rlhf_exp"), entity=cfg.get("entity"), group=cfg.get("group"),
-            job_type=cfg.get("job_type"), name=run_name, tags=tags or None, config=dict(run_config),
-            dir=str(self.output_dir), mode=mode, reinit="finish_previous",
-        )
+        kwargs = dict(id=run_id, resume="allow",
+                      project=cfg.get("project", "rlhf_exp"), entity=cfg.get("entity"), group=cfg.get("group"),
+                      job_type=cfg.get("job_type"), name=run_name, tags=tags or None, config=dict(run_config),
+                      dir=str(self.output_dir), reinit="finish_previous")
+        try:
+            self._wandb = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=timeout), **kwargs)
+        except Exception as e:  # online, but the server did not answer in time (or refused the key)
+            if mode != "online":
+                raise
+            self._offline_notice(f"W&B did not start an online run within {timeout:g} s "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            self._wandb = wandb.init(mode="offline", **kwargs)
+
+    def _offline_notice(self, why: str) -> None:
+        print(f"[rlhf_exp] {why}: logging offline to {self.output_dir / 'wandb'} instead (sync later with "
+              f"`wandb sync`; logger.init_timeout sets the wait).", flush=True)
 
     # ---------------------------------------------------------------------------------------------- logging
     def log(self, metrics: Mapping[str, Any], step: int) -> None:

@@ -148,10 +148,15 @@ def test_multirun_keeps_going_after_a_failed_job_and_exits_nonzero(tiny_sweep):
     statuses = {j.name[:3]: json.loads((j / "summary.json").read_text())["status"] for j in jobs}
     assert statuses["000"] == statuses["002"] == "finished", proc.stderr[-3000:]
     for failed in ("001", "003"):
-        assert statuses[failed] == "failed: ValueError: train.steps must be >= 0 (0 = evaluate only), got -1."
-    assert proc.stderr.count("RUN FAILED") == 2
+        assert statuses[failed] == "failed: ConfigError: train.steps must be >= 0 (0 = evaluate only), got -1."
+    assert proc.stderr.count("not started: train.steps must be >= 0") == 2
     failed_summary = json.loads((jobs[1] / "summary.json").read_text())
-    assert "Traceback" in failed_summary["traceback"] and failed_summary["objective"] == "ppo"
+    assert failed_summary["objective"] == "ppo"
+    # The sweep ends (after Hydra's report of the failed job) with its folder and the compare command for it.
+    assert proc.stdout.strip().splitlines()[-2:] == [
+        "[rlhf_exp] sweep folder: sweep (4 jobs: 2 finished, 2 failed)",
+        "[rlhf_exp] compare the runs: python -m rlhf_exp.compare sweep"]
+    assert not list(sweep_dir.glob("*/*.log")), "no empty per-job log files"
 
 
 def test_multirun_jobs_share_a_wandb_group_and_are_tagged_with_their_overrides(tiny_sweep):
@@ -210,7 +215,7 @@ def test_compare_writes_tables_and_readable_plots(tiny_sweep, tmp_path, capsys):
     assert agg["-1"]["n"] == "0" and agg["-1"]["not_finished"] == "2"
     finished = [float(r["eval/reward_mean"]) for r in (rows[0], rows[2])]
     assert float(agg["1"]["eval/reward_mean_mean"]) == pytest.approx(sum(finished) / 2)
-    assert "## Over seeds" in printed and "failed: ValueError" in printed
+    assert "## Over seeds" in printed and "failed: ConfigError" in printed
     for name in ("frontier.png", "curves.png"):
         data = (out / name).read_bytes()
         assert data[:8] == PNG_SIGNATURE

@@ -171,3 +171,21 @@ def save_policy(policy, tokenizer, path: Path, merge_lora: bool = True,
     if getattr(policy, "value_head", None) is not None:
         state = {k: v.detach().cpu().contiguous() for k, v in head_state.items()}
         save_file(state, str(path / "value_head.safetensors"))
+
+
+def progress_bar(desc: str, total: int, enabled: bool = True, initial: int = 0):
+    """The run's step bar (tqdm on stderr): redrawn at most every 0.5 s in a terminal and every 10 s in a log file;
+    no bar at all for ``total == 0`` (``train.steps=0``: evaluate only) or on processes other than the main one.
+    Advance it with :func:`advance_bar`, so that the counter and the postfix always describe the same step."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled or total <= 0, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+
+def advance_bar(bar, **postfix: str) -> None:
+    """One step done: set the step's values, then move the counter (one redraw shows both)."""
+    bar.set_postfix(postfix, refresh=False)
+    bar.update(1)

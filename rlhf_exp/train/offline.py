@@ -14,7 +14,6 @@ Why not TRL's trainers: see docs/offline.md ("Design").
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any, Mapping
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from rlhf_exp.core.kl import NoKLController
 from rlhf_exp.data import OfflineData, PromptSampler, chat_records, load_offline_data, offline_eval_prompts
@@ -34,7 +32,7 @@ from rlhf_exp.objectives.reward_modelling import REWARD_MODEL_DIR
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
-from rlhf_exp.train.common import NonFiniteLossError, batch_geometry_of
+from rlhf_exp.train.common import NonFiniteLossError, advance_bar, batch_geometry_of, progress_bar
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line
 
 
@@ -204,15 +202,13 @@ class OfflineTrainer(PolicyEvaluation):
         if start == 0:
             self._record(self.evaluate(0), 0)
         loss_key = f"train/{self.objective.summary_stats[0]}"      # the objective's loss, for the progress bar
-        bar = tqdm(range(start + 1, tcfg.steps + 1), desc=self.objective.name, disable=not self.is_main,
-                   initial=start, total=tcfg.steps, dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
-        for step in bar:
+        bar = progress_bar(self.objective.name, tcfg.steps, self.is_main, initial=start)
+        for step in range(start + 1, tcfg.steps + 1):
             metrics = self.train_step(step)
             if step == tcfg.steps or (ecfg.every and step % ecfg.every == 0):
                 metrics.update(self.evaluate(step))
             self._record(metrics, step)
-            bar.set_postfix(loss=f"{metrics.get(loss_key, math.nan):.4f}")
+            advance_bar(bar, loss=f"{metrics.get(loss_key, math.nan):.4f}")
             checkpoint.step_done(self, step, t_start)
         bar.close()
         return self.finish(time.perf_counter() - t_start)

@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from rlhf_exp.core.advantages import preprocess_scores
 from rlhf_exp.core.kl import full_kl_from_logits, make_kl_controller, per_token_kl
@@ -33,7 +32,7 @@ from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
-from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, batch_geometry_of
+from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, advance_bar, batch_geometry_of, progress_bar
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
 
 
@@ -330,20 +329,16 @@ class OnlineTrainer(PolicyEvaluation):
         start, t_start = checkpoint.begin(self)      # 0, or the step of the checkpoint this run resumes from
         if start == 0:
             self._record(self.evaluate(0), 0)
-        import sys
-
-        bar = tqdm(range(start + 1, tcfg.steps + 1), desc=f"{self.objective.name}", disable=not self.is_main,
-                   initial=start, total=tcfg.steps, dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
-        for step in bar:
+        bar = progress_bar(self.objective.name, tcfg.steps, self.is_main, initial=start)
+        for step in range(start + 1, tcfg.steps + 1):
             metrics = self.train_step(step)
             if ecfg.every and (step % ecfg.every == 0) and step != tcfg.steps:
                 metrics.update(self.evaluate(step))
             if step == tcfg.steps:
                 metrics.update(self.evaluate(step))
             self._record(metrics, step)
-            bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}", kl=f"{metrics['train/kl']:.3f}",
-                            kl_coef=f"{metrics['train/kl_coef']:.3g}")
+            advance_bar(bar, reward=f"{metrics['train/reward_mean']:.3f}", kl=f"{metrics['train/kl']:.3f}",
+                        kl_coef=f"{metrics['train/kl_coef']:.3g}")
             checkpoint.step_done(self, step, t_start)
         bar.close()
         wall = time.perf_counter() - t_start
