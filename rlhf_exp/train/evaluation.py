@@ -27,7 +27,7 @@ from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt
 from rlhf_exp.distributed import mean_over_ranks, model_for_generation
 from rlhf_exp.metrics import ends_with_eos, text_monitors
-from rlhf_exp.modeling import PolicyModel, load_tokenizer, score_responses
+from rlhf_exp.modeling import PolicyModel, eos_token_ids, load_tokenizer, score_responses
 from rlhf_exp.rollout import SamplingSettings, generate, pad_left, sample_lengths
 from rlhf_exp.train.common import make_accelerator, save_policy
 
@@ -53,7 +53,7 @@ class PolicyEvaluation:
 
     def _init_tokenizer(self, model_cfg) -> None:
         """The policy's tokenizer (``model.tokenizer``, or the one saved with ``model.path``), ``eos_id``, ``pad_id``."""
-        option = "model.tokenizer" if model_cfg.get("tokenizer") else "model.path"
+        option = self.tokenizer_option = "model.tokenizer" if model_cfg.get("tokenizer") else "model.path"
         self.tokenizer = load_tokenizer(model_cfg.get("tokenizer") or model_cfg.path, option)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
 
@@ -77,6 +77,13 @@ class PolicyEvaluation:
     @property
     def unwrapped(self) -> PolicyModel:
         return self.acc.unwrap_model(self.policy)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """The ids that end a response: the tokenizer's EOS and every EOS id of the policy's generation config."""
+        if getattr(self, "_stop_ids", None) is None:
+            self._stop_ids = eos_token_ids(self.unwrapped.lm, self.tokenizer)
+        return self._stop_ids
 
     def _global_mean(self, x: torch.Tensor) -> float:
         """Mean of a 1-D tensor over every process's entries."""
@@ -121,14 +128,15 @@ class PolicyEvaluation:
 
     # ------------------------------------------------------------------------------------------ rollout
     def rollout(self, prompts: list[Prompt], lengths: torch.Tensor, sampling: SamplingSettings,
-                score_with_ref: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Generate, score and compute log-probs for a batch of prompts. Returns the batch and text/extras."""
+                score_with_ref: bool = True, entropy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Generate, score and compute log-probs (and the entropy, when ``entropy``) for a batch of prompts.
+        Returns the batch and text/extras."""
         self.policy.eval()
         prompt_ids, prompt_mask = pad_left([p.ids for p in prompts], self.pad_id, self.device)
         t0 = time.perf_counter()
         with model_for_generation(self.acc, self.policy) as unwrapped:
             response_ids, response_mask = generate(unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths,
-                                                   self.eos_id, self.pad_id)
+                                                   self.stop_ids, self.pad_id)
         gen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         completion_ids = [ids[m.bool()].tolist() for ids, m in zip(response_ids.cpu(), response_mask.cpu())]
@@ -141,10 +149,11 @@ class PolicyEvaluation:
         reward_out = self.reward(prompt_texts, completions, completion_ids=completion_ids, **columns)
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
                  "response_mask": response_mask}
-        pol = self._forward_chunks(self.policy, batch, sampling.temperature, entropy=True,
+        pol = self._forward_chunks(self.policy, batch, sampling.temperature, entropy=entropy,
                                    values=self.objective.needs_value)
         batch["old_logprobs"] = pol["logprobs"]
-        batch["entropy"] = pol["entropy"]
+        if entropy:
+            batch["entropy"] = pol["entropy"]
         if "values" in pol:
             batch["old_values"] = pol["values"]
         if score_with_ref:
@@ -158,7 +167,7 @@ class PolicyEvaluation:
             batch["token_scores"] = ts[:, :T] * response_mask
         info = {"prompts": prompt_texts, "completions": completions, "extras": reward_out.extras, "gen_s": gen_s,
                 "score_s": time.perf_counter() - t0,
-                "ends_with_eos": ends_with_eos(response_ids, response_mask, self.eos_id)}
+                "ends_with_eos": ends_with_eos(response_ids, response_mask, self.stop_ids)}
         return batch, info
 
     def _completion_monitors(self, prefix: str, completions: list[str], eos_ended: torch.Tensor) -> dict[str, float]:
@@ -190,7 +199,7 @@ class PolicyEvaluation:
             torch.manual_seed(int(ecfg.seed) + self.rank)
             for s in range(0, len(prompts), int(ecfg.batch_size)):
                 batch, info = self.rollout(prompts[s:s + ecfg.batch_size], lengths[s:s + ecfg.batch_size],
-                                           self.eval_sampling)
+                                           self.eval_sampling, entropy=False)
                 fmask = batch["response_mask"].float()
                 full = self._full_kl(batch, self.eval_sampling.temperature)
                 kls.append((full * fmask).sum(1))
