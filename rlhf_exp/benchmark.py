@@ -11,6 +11,12 @@ Examples::
     python -m rlhf_exp.benchmark                                   # the default PPO on the embedded task
     python -m rlhf_exp.benchmark objective=grpo --steps 10
     python -m rlhf_exp.benchmark model=gpt2 model.path=/models/gpt2 train.mixed_precision=bf16 model.lora.r=16
+    python -m rlhf_exp.benchmark --qwen2-shaped /tmp/qwen2_shaped model.dtype=bfloat16   # a real vocabulary
+
+``--qwen2-shaped DIR`` measures the cost of a real vocabulary without downloading a model: it writes (once) a
+Qwen2-architecture policy built from its config with random weights, Qwen2.5's 151,936-row embedding (tied output
+head), 2 layers and a small hidden size, and a tokenizer of 151,665 tokens (Qwen2.5's count: the embedded task's BPE
+padded with filler tokens), then benchmarks it (``model.path=DIR``). Docs: docs/performance.md.
 """
 from __future__ import annotations
 
@@ -33,12 +39,55 @@ def _peak_memory_mb(device) -> tuple[str, float]:
     return "cpu_peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+QWEN2_VOCAB = 151_936        # Qwen2.5's embedding rows (config.json vocab_size)
+QWEN2_TOKENIZER = 151_665    # tokens in Qwen2.5's tokenizer (len(tokenizer)); the rest of the rows are padding
+
+
+def build_qwen2_shaped(path: Path, vocab_size: int = QWEN2_VOCAB, tokenizer_size: int = QWEN2_TOKENIZER,
+                       layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """Write a random Qwen2-architecture causal LM with a real-size vocabulary and a matching tokenizer to ``path``
+    (skipped when ``path/config.json`` exists). The tokenizer is the embedded task's byte-level BPE with filler
+    tokens ``<|filler_i|>`` appended to its vocabulary up to ``tokenizer_size`` entries, so prompts tokenise as on
+    the embedded task while the output layer spans ``vocab_size`` logits."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from rlhf_exp.task import TOKENIZER_DIR
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    spec = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    n_special = len([t for t in spec["added_tokens"] if t["id"] >= len(vocab)])
+    for i in range(len(vocab), tokenizer_size - n_special):
+        vocab[f"<|filler_{i}|>"] = i
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok.save_pretrained(path)
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=2048, tie_word_embeddings=True,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    Qwen2ForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m rlhf_exp.benchmark", description=__doc__.split("\n\n")[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m rlhf_exp")
     ap.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     ap.add_argument("--out", type=Path, default=Path("benchmarks.jsonl"))
+    ap.add_argument("--qwen2-shaped", type=Path, default=None, metavar="DIR",
+                    help="benchmark a random 2-layer Qwen2-shaped policy with a 151,936-token vocabulary, written to "
+                         "DIR (once) and used as model.path")
     args = ap.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.qwen2_shaped is not None:
+        overrides.append(f"model.path={build_qwen2_shaped(args.qwen2_shaped)}")
 
     import torch
     from hydra import compose, initialize_config_dir
@@ -50,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     quiet_libraries()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["logger=none", "train.save_model=false", *args.overrides])
+        cfg = compose("config", overrides=["logger=none", "train.save_model=false", *overrides])
     seed_everything(int(cfg.seed))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = OnlineTrainer(cfg, Path(tmp), Tracker(Path(tmp), cfg.logger, {}, "benchmark", enabled=False))
@@ -68,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
            for k in ("perf/gen_s", "perf/score_s", "perf/update_s", "perf/step_s", "perf/samples_per_s",
                      "perf/tokens_per_s")}
     result = {
-        "overrides": args.overrides, "steps": args.steps, "wall_s": wall, **med, mem_key: mem,
+        "overrides": overrides, "steps": args.steps, "wall_s": wall, **med, mem_key: mem,
         "objective": cfg.objective.name, "model": cfg.model.path, "batch_size": cfg.train.batch_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],

@@ -56,15 +56,16 @@ def repetition_rate(texts_words: Sequence[Sequence[str]], n: int = REPETITION_N)
     return repeats / total if total else 0.0
 
 
-def ends_with_eos(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Whether each response's last real token is EOS. ``(B, T), (B, T) -> (B,)`` bool.
+def ends_with_eos(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_id) -> torch.Tensor:
+    """Whether each response's last real token is EOS (``eos_id``: one id or a list). ``(B, T), (B, T) -> (B,)`` bool.
 
     Uses the mask, not the padding value, so it is right when the pad token is the EOS token (GPT-2). An empty
     response (all-zero mask row) counts as not ending with EOS.
     """
     lengths = response_mask.long().sum(dim=1)
     last = response_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-    return (last == eos_id) & (lengths > 0)
+    ids = torch.as_tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=last.device)
+    return torch.isin(last, ids) & (lengths > 0)
 
 
 def text_monitors(completions: Sequence[str]) -> dict[str, float]:

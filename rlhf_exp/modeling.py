@@ -35,23 +35,54 @@ def _offline_env() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def resolve_pretrained(name_or_path: str, option: str) -> str:
+# Files a tokenizer can be built from (fast tokenizer, BPE vocab + merges, sentencepiece, WordPiece, tiktoken).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+                   "vocab.txt", "tokenizer.tiktoken")
+
+
+def has_tokenizer_files(path: Path) -> bool:
+    return any((Path(path) / f).exists() for f in TOKENIZER_FILES)
+
+
+def _listing(p: Path, n: int = 12) -> str:
+    return ", ".join(sorted(x.name for x in p.iterdir())[:n]) or "nothing"
+
+
+def resolve_pretrained(name_or_path: str, option: str, kind: str = "model") -> str:
     """Return something ``from_pretrained`` can load without hanging, or raise a clear error.
 
     Args:
         name_or_path: a local directory or a hub id such as ``lvwerra/gpt2-imdb``.
         option: the config key that set it (``model.path``, ``reward_model.path``...), named in the error.
+        kind: ``model`` (a local directory must hold ``config.json``) or ``tokenizer`` (it must hold tokenizer
+            files: a tokenizer-only folder is fine).
     """
     if name_or_path is None or str(name_or_path).strip() == "":
         raise ModelNotAvailableError(f"{option} is empty: set it to a local Hugging Face directory or a hub id.")
     p = Path(os.path.expanduser(str(name_or_path)))
     if p.is_dir():
+        if kind == "tokenizer":
+            if not has_tokenizer_files(p) and (p / "config.json").exists():
+                raise ModelNotAvailableError(
+                    f"{option}={name_or_path!r} is a model folder without tokenizer files (one of "
+                    f"{', '.join(TOKENIZER_FILES)}; it holds: {_listing(p)}). Copy the tokenizer files of the model "
+                    f"it was trained from into it (tokenizer.save_pretrained), or set model.tokenizer=<a folder "
+                    f"with them>.")
+            if not has_tokenizer_files(p):
+                raise ModelNotAvailableError(
+                    f"{option}={name_or_path!r} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); it "
+                    f"holds: {_listing(p)}. Point {option} at the folder that tokenizer.save_pretrained wrote (or "
+                    f"a model folder that includes its tokenizer).")
+            return str(p)
         if not (p / "config.json").exists():
             raise ModelNotAvailableError(
-                f"{option}={name_or_path!r} is a directory without config.json; point it at a Hugging Face model "
-                f"directory (the folder that save_pretrained wrote)."
+                f"{option}={name_or_path!r} is a directory without config.json (it holds: {_listing(p)}); point it "
+                f"at a Hugging Face model directory (the folder that save_pretrained wrote)."
             )
         return str(p)
+    if p.exists():
+        raise ModelNotAvailableError(f"{option}={name_or_path!r} is a file; set {option} to the model's directory "
+                                     f"(the folder that holds config.json), e.g. {option}={p.parent}.")
     looks_local = str(name_or_path).startswith(("/", "./", "../", "~")) or str(name_or_path).count("/") > 1
     if looks_local:
         raise ModelNotAvailableError(f"{option}={name_or_path!r}: no such directory. Set {option}=<existing local dir>.")
@@ -63,8 +94,9 @@ def resolve_pretrained(name_or_path: str, option: str) -> str:
         pass
     if _offline_env() or not _hub_reachable():
         raise ModelNotAvailableError(
-            f"{option}={name_or_path!r} is a hub id that is not in the local Hugging Face cache, and the hub cannot "
-            f"be reached from here. On a machine with internet run\n"
+            f"{option}={name_or_path!r} is neither a local directory (none at {Path(str(name_or_path)).resolve()}) "
+            f"nor a hub id in the local Hugging Face cache, and the hub cannot be reached from here. If it is a "
+            f"hub id, on a machine with internet run\n"
             f"    huggingface-cli download {name_or_path} --local-dir /path/to/{Path(str(name_or_path)).name}\n"
             f"copy the folder here and set {option}=/path/to/{Path(str(name_or_path)).name} (or pre-fill the "
             f"cache and set HF_HUB_OFFLINE=1)."
@@ -81,18 +113,128 @@ def _torch_dtype(name: str | None) -> torch.dtype | None:
     return table[name]
 
 
+def notice(message: str) -> None:
+    """A one-line notice on stdout, from the main process only."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"[rlhf_exp] {message}", flush=True)
+
+
 def load_tokenizer(name_or_path: str, option: str = "model.tokenizer", padding_side: str = "left"):
-    """A tokenizer with a pad token (EOS when it has none) and the requested padding side."""
+    """A tokenizer with a pad token (EOS when it has none, with a notice) and the requested padding side.
+
+    ``name_or_path`` may be a model folder with its tokenizer files or a tokenizer-only folder
+    (``tokenizer.save_pretrained``); a folder without tokenizer files is an error, not an empty tokenizer.
+    """
     from transformers import AutoTokenizer
 
-    path = resolve_pretrained(name_or_path, option)
-    tok = AutoTokenizer.from_pretrained(path)
+    path = resolve_pretrained(name_or_path, option, kind="tokenizer")
+    if Path(path).is_dir() and not has_tokenizer_files(Path(path)):
+        raise ModelNotAvailableError(
+            f"{option}={name_or_path!r} holds no tokenizer files (one of {', '.join(TOKENIZER_FILES)}; it holds: "
+            f"{_listing(Path(path))}). Copy the tokenizer files of the model it was trained from into it "
+            f"(tokenizer.save_pretrained), or set model.tokenizer=<a folder with them>.")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001: re-raised with the option named
+        raise ModelNotAvailableError(f"{option}={name_or_path!r}: loading the tokenizer from {path} failed "
+                                     f"({type(e).__name__}: {e}).") from e
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise ModelNotAvailableError(f"The tokenizer at {option}={name_or_path!r} has neither a pad nor an EOS token.")
+            raise ModelNotAvailableError(
+                f"The tokenizer at {option}={name_or_path!r} has neither a pad nor an EOS token. A tokenizer folder "
+                f"copied from a model folder may name its special tokens only through the model's config.json (GPT-2 "
+                f"does): save it with tokenizer.save_pretrained(folder) instead, or add \"eos_token\" to its "
+                f"tokenizer_config.json.")
         tok.pad_token = tok.eos_token
+        notice(f"{option}={name_or_path}: the tokenizer has no pad token; padding with its EOS token "
+               f"{tok.eos_token!r} (id {tok.eos_token_id}).")
     tok.padding_side = padding_side
     return tok
+
+
+def eos_token_ids(lm: nn.Module, tokenizer) -> list[int]:
+    """Every token id that ends a response: the tokenizer's EOS, then each EOS id of the model's generation config
+    (``generation_config.json``; Qwen2.5-Instruct lists ``<|im_end|>`` and ``<|endoftext|>``), without repeats."""
+    ids: list[int] = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    gen = getattr(lm, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    for i in ([extra] if isinstance(extra, int) else list(extra or [])):
+        if int(i) not in ids:
+            ids.append(int(i))
+    if not ids:
+        raise ModelNotAvailableError("Neither the tokenizer nor the model's generation_config.json names an EOS token; "
+                                     "set eos_token in tokenizer_config.json.")
+    return ids
+
+
+def embedding_rows(model: nn.Module) -> Optional[int]:
+    """Rows of the input embedding matrix (the ids the model can read), through PolicyModel/peft wrappers."""
+    inner = getattr(model, "lm", model)
+    try:
+        return int(inner.get_input_embeddings().weight.shape[0])
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def check_tokenizer_fits(model: nn.Module, tokenizer, model_option: str, tokenizer_option: str) -> None:
+    """Raise a clear error when ``tokenizer`` cannot be the model's: it has more tokens than the model has
+    embeddings (ids past the table fail with IndexError), or far fewer (a tokenizer of another model; real
+    checkpoints pad the table by a few hundred rows at most, e.g. Qwen2.5: 151,665 tokens in 151,936 rows)."""
+    rows, n = embedding_rows(model), len(tokenizer)
+    if rows is None:
+        return
+    if n > rows:
+        raise ModelNotAvailableError(
+            f"The tokenizer ({tokenizer_option}) has {n} tokens but the model ({model_option}) has only {rows} "
+            f"embeddings: token ids >= {rows} cannot be read. Use the tokenizer the model was trained with (leave "
+            f"model.tokenizer unset to use the one saved with model.path); if you added tokens on purpose, resize "
+            f"the model first (model.resize_token_embeddings(len(tokenizer)); save_pretrained).")
+    if rows - n > max(1024, rows // 64):
+        raise ModelNotAvailableError(
+            f"The tokenizer ({tokenizer_option}) has {n} tokens but the model ({model_option}) has {rows} "
+            f"embeddings: this is not the model's tokenizer (its text would be read as other tokens). Use the "
+            f"tokenizer the model was trained with: leave model.tokenizer unset to use the one saved with "
+            f"model.path, or point model.tokenizer at the model's own tokenizer folder.")
+
+
+def _weights_files(path: str) -> list[str]:
+    p = Path(path)
+    return sorted(str(f) for f in p.glob("*.safetensors")) + sorted(str(f) for f in p.glob("*.bin")) if p.is_dir() else []
+
+
+def from_pretrained_checked(auto_cls, path: str, option: str, name_or_path: str, **kwargs):
+    """``auto_cls.from_pretrained(path, **kwargs)``; a failure (a truncated or corrupted weights file, a config
+    transformers cannot read) is re-raised as :class:`ModelNotAvailableError` naming the option and the files."""
+    try:
+        return auto_cls.from_pretrained(path, **kwargs)
+    except Exception as e:  # noqa: BLE001: re-raised with the option and path named
+        files = _weights_files(path)
+        corrupt = "safetensor" in type(e).__name__.lower() or any(
+            w in str(e).lower() for w in ("deserializ", "header", "incomplete metadata", "unexpected eof"))
+        hint = (f" The weights file ({', '.join(files) or path}) looks truncated or corrupted: download or copy it "
+                f"again, then check its size against the source." if corrupt else "")
+        raise ModelNotAvailableError(f"{option}={name_or_path!r}: loading {auto_cls.__name__.replace('Auto', '')} "
+                                     f"from {path} failed ({type(e).__name__}: {e}).{hint}") from e
+
+
+CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+
+
+def check_causal_lm_checkpoint(path: str, option: str, name_or_path: str) -> None:
+    """Refuse a checkpoint saved as a classifier (a reward model, say) where a causal LM is expected: transformers
+    would load its body under a language-model head silently and score text with it."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.exists():
+        return
+    import json
+
+    archs = json.loads(cfg_file.read_text()).get("architectures") or []
+    bad = [a for a in archs if a.endswith(CLASSIFIER_SUFFIXES)]
+    if bad:
+        raise ModelNotAvailableError(
+            f"{option}={name_or_path!r} is a {bad[0]} (a classifier such as a reward model), not a causal language "
+            f"model. {option} must be a policy checkpoint (e.g. the SFT run's policy/ folder). To score with this "
+            f"model use reward_model=learned reward_model.path={name_or_path}.")
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:
@@ -112,7 +254,8 @@ def load_causal_lm(name_or_path: str, option: str = "model.path", dtype: str | N
     from transformers import AutoModelForCausalLM
 
     path = resolve_pretrained(name_or_path, option)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype))
+    check_causal_lm_checkpoint(path, option, name_or_path)
+    model = from_pretrained_checked(AutoModelForCausalLM, path, option, name_or_path, dtype=_torch_dtype(dtype))
     return disable_dropout(model)
 
 

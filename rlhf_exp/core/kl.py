@@ -25,6 +25,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from rlhf_exp.core.losses import logit_blocks
+
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs", "full")
 
 
@@ -52,18 +54,25 @@ def kl_abs(log_ratio: torch.Tensor) -> torch.Tensor:
     return log_ratio.abs()
 
 
-def full_kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+def full_kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor, chunk_rows: int | None = None
+                        ) -> torch.Tensor:
     """Exact per-position ``KL(pi(.|s) || pi_ref(.|s))`` summed over the vocabulary.
 
     Args:
         logits: ``(B, T, V)`` policy logits (already divided by the sampling temperature).
         ref_logits: ``(B, T, V)`` reference logits (same temperature).
+        chunk_rows: positions per block (default: ``CHUNK_ELEMENTS // V``); only one block is upcast to fp32 at a
+            time, never the whole ``(B, T, V)`` logits.
     Returns:
-        ``(B, T)``, every entry >= 0 (up to float rounding).
+        ``(B, T)`` float32, every entry >= 0 (up to float rounding); differentiable in ``logits``.
     """
-    logp = F.log_softmax(logits.float(), dim=-1)
-    logq = F.log_softmax(ref_logits.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    B, T, V = logits.shape
+    out = torch.empty(B, T, dtype=torch.float32, device=logits.device)
+    for bs, ts in logit_blocks(B, T, V, chunk_rows):
+        logp = F.log_softmax(logits[bs, ts].float(), dim=-1)
+        logq = F.log_softmax(ref_logits[bs, ts].float(), dim=-1)
+        out[bs, ts] = (logp.exp() * (logp - logq)).sum(-1)
+    return out
 
 
 _SAMPLED: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "abs": kl_abs}

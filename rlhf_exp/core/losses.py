@@ -12,24 +12,93 @@ from rlhf_exp.core.masked import masked_mean
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Log-probability of ``labels`` under ``softmax(logits)``.
+# Logits over a real vocabulary are large: Qwen2.5's 151,936 tokens x 512 positions x 64 rows are 20 GB in fp32.
+# The functions below never upcast the whole ``(B, T, V)`` tensor: they work on blocks of at most
+# ``CHUNK_ELEMENTS`` logits (128 MiB in fp32), upcasting one block at a time.
+CHUNK_ELEMENTS = 2 ** 25
+
+
+def logit_blocks(B: int, T: int, V: int, chunk_rows: int | None = None):
+    """Yield ``(batch_slice, time_slice)`` blocks that tile a ``(B, T)`` grid of positions, each with at most
+    ``chunk_rows`` positions (default: ``CHUNK_ELEMENTS // V``). Whole rows when they fit, else pieces of one row."""
+    rows = int(chunk_rows or max(1, CHUNK_ELEMENTS // max(V, 1)))
+    if rows >= T:
+        nb = max(1, rows // max(T, 1))
+        for b in range(0, B, nb):
+            yield slice(b, b + nb), slice(None)
+    else:
+        for b in range(B):
+            for t in range(0, T, rows):
+                yield slice(b, b + 1), slice(t, t + rows)
+
+
+def _selective_block(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``logit[label] - logsumexp(logits)`` of one block, in fp32. ``(b, t, V), (b, t) -> (b, t)``."""
+    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1).float()
+    return picked - torch.logsumexp(logits.float(), dim=-1)
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    """``log softmax(logits)[labels]`` block by block; the backward ``grad * (onehot - softmax)`` too, written straight
+    into a gradient of the logits' own dtype (no fp32 copy of the whole logits is kept for backward)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, chunk_rows):
+        B, T, V = logits.shape
+        out = torch.empty(B, T, dtype=torch.float32, device=logits.device)
+        for bs, ts in logit_blocks(B, T, V, chunk_rows):
+            out[bs, ts] = _selective_block(logits[bs, ts], labels[bs, ts])
+        ctx.save_for_backward(logits, labels)
+        ctx.chunk_rows = chunk_rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, labels = ctx.saved_tensors
+        B, T, V = logits.shape
+        grad = torch.empty_like(logits)
+        for bs, ts in logit_blocks(B, T, V, ctx.chunk_rows):
+            g = grad_out[bs, ts].float().unsqueeze(-1)
+            block = torch.softmax(logits[bs, ts].float(), dim=-1).mul_(-g)
+            block.scatter_add_(-1, labels[bs, ts].unsqueeze(-1), g)
+            grad[bs, ts] = block.to(grad.dtype)
+        return grad, None, None
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """Log-probability of ``labels`` under ``softmax(logits)``: a selective log-softmax, the label's logit minus the
+    ``logsumexp`` over the vocabulary, computed in blocks of ``chunk_rows`` positions (see :func:`logit_blocks`).
 
     Args:
-        logits: ``(B, T, V)`` (divide by the sampling temperature *before* calling).
+        logits: ``(B, T, V)`` in any float dtype (divide by the sampling temperature *before* calling).
         labels: ``(B, T)`` token ids.
     Returns:
-        ``(B, T)`` in float32.
+        ``(B, T)`` in float32, equal to ``log_softmax(logits.float()).gather(labels)``; differentiable, with a
+        gradient in ``logits.dtype``.
     """
-    logits = logits.float()
-    return torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if logits.requires_grad and torch.is_grad_enabled():
+        return _SelectiveLogSoftmax.apply(logits, labels, chunk_rows)
+    B, T, V = logits.shape
+    out = torch.empty(B, T, dtype=torch.float32, device=logits.device)
+    for bs, ts in logit_blocks(B, T, V, chunk_rows):
+        out[bs, ts] = _selective_block(logits[bs, ts], labels[bs, ts])
+    return out
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of ``softmax(logits)`` at each position: ``logsumexp(l) - sum_v p_v l_v``. ``(B, T, V) -> (B, T)``."""
+def _entropy_block(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     p = F.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` at each position: ``logsumexp(l) - sum_v p_v l_v``. ``(B, T, V) -> (B, T)``
+    float32, computed in blocks of ``chunk_rows`` positions (differentiable: the entropy bonus)."""
+    B, T, V = logits.shape
+    out = torch.empty(B, T, dtype=torch.float32, device=logits.device)
+    for bs, ts in logit_blocks(B, T, V, chunk_rows):
+        out[bs, ts] = _entropy_block(logits[bs, ts])
+    return out
 
 
 def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",

@@ -74,6 +74,9 @@ class OfflineObjective:
         as configured)."""
         return load_policy(model_cfg, value_head=False)
 
+    def bind_tokenizer(self, model: torch.nn.Module, tokenizer) -> None:
+        """Called once with the built model and the tokenizer (reward modelling gives the classifier its pad id)."""
+
     def weight(self, items: Sequence[Item]) -> float:
         """How much a micro-batch counts in the batch mean (examples; SFT counts tokens)."""
         return float(len(items))

@@ -1,9 +1,11 @@
 """Reward modelling: a scalar-head sequence classifier trained with the Bradley-Terry loss on preference pairs.
 
 The model is ``AutoModelForSequenceClassification`` with ``num_labels=1`` initialised from ``model.path`` (the SFT
-policy, as in InstructGPT); its logit is the reward. Texts are ``prompt + completion`` tokenised and padded the way
-``reward_model=learned`` scores them in the online loop, so the held-out pairwise accuracy logged here is the
-accuracy of the reward PPO will see. Saved to ``<run dir>/reward_model``.
+policy, as in InstructGPT); its logit is the reward. Texts are ``prompt + completion`` tokenised, truncated (on the left:
+the end of the response is what is judged) and padded the way ``reward_model=learned`` scores them in the online loop
+(:func:`rlhf_exp.rewards.hf_classifier.encode_texts`), so the held-out pairwise accuracy logged here is the accuracy
+of the reward PPO will see. A tokenizer without a pad token pads with EOS, and the model's ``config.pad_token_id``
+is set to it (sequence classification reads the last non-pad token). Saved to ``<run dir>/reward_model``.
 
 Math: ``rlhf_exp.core.preference.bradley_terry_loss`` and ``pairwise_accuracy``.
 """
@@ -14,8 +16,11 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from rlhf_exp.core.preference import bradley_terry_loss, pairwise_accuracy
-from rlhf_exp.modeling import disable_dropout, enable_gradient_checkpointing, resolve_pretrained
+from rlhf_exp.modeling import (
+    disable_dropout, enable_gradient_checkpointing, from_pretrained_checked, resolve_pretrained,
+)
 from rlhf_exp.objectives.offline_base import Context, Item, OfflineObjective, Stats
+from rlhf_exp.rewards.hf_classifier import encode_texts
 from rlhf_exp.rollout import pad_right
 
 REWARD_MODEL_DIR = "reward_model"   # where a reward run saves its model, inside the run folder
@@ -40,7 +45,8 @@ class RewardModelling(OfflineObjective):
         verbosity = logging.get_verbosity()
         logging.set_verbosity_error()   # the new score head is reported as "newly initialized": expected
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            model = from_pretrained_checked(AutoModelForSequenceClassification, path, "model.path",
+                                            model_cfg["path"], num_labels=1)
         finally:
             logging.set_verbosity(verbosity)
         if int((model_cfg.get("lora") or {}).get("r") or 0) > 0:
@@ -50,10 +56,16 @@ class RewardModelling(OfflineObjective):
             enable_gradient_checkpointing(model)
         return disable_dropout(model)
 
+    def bind_tokenizer(self, model, tokenizer) -> None:
+        """Give the classifier the tokenizer's pad id (EOS for GPT-2 as it ships): without one it cannot find the
+        last real token of a padded batch."""
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+
     def encode(self, records: Sequence[Mapping[str, Any]], tokenizer) -> list[Item]:
-        # The same call HFClassifierReward makes on prompt + completion at scoring time.
+        # The same encoding HFClassifierReward uses on prompt + completion at scoring time (left truncation).
         def enc(texts):
-            return tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+            return encode_texts(tokenizer, list(texts), self.max_length, "left")
 
         chosen = enc(r["prompt"] + r["chosen"] for r in records)
         rejected = enc(r["prompt"] + r["rejected"] for r in records)

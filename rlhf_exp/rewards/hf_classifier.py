@@ -8,6 +8,11 @@ position ids are passed, so left padding would shift its positions; BERT-style m
 texts longer than ``max_length`` classifier tokens lose their *beginning* by default (``truncation_side=left``), so
 the completion the policy wrote is always what the classifier sees. ``truncation_side=right`` keeps the beginning
 (the prompt), as the classifier's own training usually did; then a long prompt can hide the completion entirely.
+``objective=reward`` trains with :func:`encode_texts` and left truncation too, so a learned reward scores exactly the
+tokens it was trained on.
+
+A classifier whose tokenizer has no pad token (GPT-2 as it ships) pads with its EOS token, and its
+``config.pad_token_id`` is set to that id so that batches of more than one text can be scored.
 """
 from __future__ import annotations
 
@@ -15,12 +20,27 @@ from typing import Any, Sequence
 
 import torch
 
-from rlhf_exp.modeling import disable_dropout, load_tokenizer, resolve_pretrained
+from rlhf_exp.modeling import (
+    check_tokenizer_fits, disable_dropout, from_pretrained_checked, load_tokenizer, resolve_pretrained,
+)
+from rlhf_exp.rollout import pad_right
 from rlhf_exp.rewards.base import RewardError, RewardModel, RewardOutput
 
 OUTPUTS = ("logit", "prob", "log_prob")
 INPUTS = ("prompt+completion", "completion")
 SIDES = ("left", "right")
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int, truncation_side: str = "left") -> list[list[int]]:
+    """Token ids of each text as a reward classifier reads it, cut to ``max_length`` tokens on ``truncation_side``
+    (``left``: the beginning is dropped, the end of the response is kept). The one encoding used both to train a
+    reward model (``objective=reward``) and to score with it."""
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = truncation_side
+    try:
+        return tokenizer(list(texts), truncation=True, max_length=int(max_length))["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
 
 
 class HFClassifierReward(RewardModel):
@@ -56,8 +76,10 @@ class HFClassifierReward(RewardModel):
         resolved = resolve_pretrained(path, option)
         self.name = name
         self.tokenizer = load_tokenizer(resolved, option=option, padding_side="right")
-        self.tokenizer.truncation_side = truncation_side
-        self.model = disable_dropout(AutoModelForSequenceClassification.from_pretrained(resolved)).eval()
+        self.truncation_side = truncation_side
+        self.model = disable_dropout(from_pretrained_checked(AutoModelForSequenceClassification, resolved, option,
+                                                             path)).eval()
+        check_tokenizer_fits(self.model, self.tokenizer, option, option)
         for p in self.model.parameters():
             p.requires_grad_(False)
         if self.model.config.pad_token_id is None:
@@ -96,9 +118,9 @@ class HFClassifierReward(RewardModel):
     def _logits(self, texts: Sequence[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(list(texts[i:i + self.batch_size]), return_tensors="pt", padding=True,
-                                 truncation=True, max_length=self.max_length).to(self.device)
-            out.append(self.model(**enc).logits.float().cpu())
+            ids = encode_texts(self.tokenizer, texts[i:i + self.batch_size], self.max_length, self.truncation_side)
+            input_ids, mask = pad_right(ids, self.tokenizer.pad_token_id, self.device)
+            out.append(self.model(input_ids=input_ids, attention_mask=mask).logits.float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.model.config.num_labels)
 
     def _output(self, logits: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt
 from rlhf_exp.distributed import even_chunks, mean_over_ranks, model_for_generation, synchronize
 from rlhf_exp.metrics import ends_with_eos, text_monitors
-from rlhf_exp.modeling import PolicyModel, load_tokenizer, score_responses
+from rlhf_exp.modeling import PolicyModel, eos_token_ids, load_tokenizer, score_responses
 from rlhf_exp.rollout import SamplingSettings, generate, pad_left, sample_lengths
 from rlhf_exp.train.checkpoint import atomic_dir
 from rlhf_exp.train.common import make_accelerator, save_policy
@@ -60,7 +60,7 @@ class PolicyEvaluation:
 
     def _init_tokenizer(self, model_cfg) -> None:
         """The policy's tokenizer (``model.tokenizer``, or the one saved with ``model.path``), ``eos_id``, ``pad_id``."""
-        option = "model.tokenizer" if model_cfg.get("tokenizer") else "model.path"
+        option = self.tokenizer_option = "model.tokenizer" if model_cfg.get("tokenizer") else "model.path"
         self.tokenizer = load_tokenizer(model_cfg.get("tokenizer") or model_cfg.path, option)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
 
@@ -84,6 +84,13 @@ class PolicyEvaluation:
     @property
     def unwrapped(self) -> PolicyModel:
         return self.acc.unwrap_model(self.policy)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """The ids that end a response: the tokenizer's EOS and every EOS id of the policy's generation config."""
+        if getattr(self, "_stop_ids", None) is None:
+            self._stop_ids = eos_token_ids(self.unwrapped.lm, self.tokenizer)
+        return self._stop_ids
 
     def _global_mean(self, x: torch.Tensor) -> float:
         """Mean of a 1-D tensor over every process's entries."""
@@ -128,8 +135,9 @@ class PolicyEvaluation:
 
     # ------------------------------------------------------------------------------------------ rollout
     def rollout(self, prompts: list[Prompt], lengths: torch.Tensor, sampling: SamplingSettings,
-                score_with_ref: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Generate, score and compute log-probs for a batch of prompts. Returns the batch and text/extras."""
+                score_with_ref: bool = True, entropy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Generate, score and compute log-probs (and the entropy, when ``entropy``) for a batch of prompts.
+        Returns the batch and text/extras."""
         self.policy.eval()
         prompt_ids, prompt_mask = pad_left([p.ids for p in prompts], self.pad_id, self.device)
         synchronize(self.device)
@@ -137,7 +145,7 @@ class PolicyEvaluation:
         # under mixed precision the sampler runs in the precision the policy is scored in (accelerate's autocast)
         with model_for_generation(self.acc, self.policy) as unwrapped, self.acc.autocast():
             response_ids, response_mask = generate(unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths,
-                                                   self.eos_id, self.pad_id)
+                                                   self.stop_ids, self.pad_id)
         synchronize(self.device)
         gen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -151,10 +159,11 @@ class PolicyEvaluation:
         reward_out = self.reward(prompt_texts, completions, completion_ids=completion_ids, **columns)
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
                  "response_mask": response_mask}
-        pol = self._forward_chunks(self.policy, batch, sampling.temperature, entropy=True,
+        pol = self._forward_chunks(self.policy, batch, sampling.temperature, entropy=entropy,
                                    values=self.objective.needs_value)
         batch["old_logprobs"] = pol["logprobs"]
-        batch["entropy"] = pol["entropy"]
+        if entropy:
+            batch["entropy"] = pol["entropy"]
         if "values" in pol:
             batch["old_values"] = pol["values"]
         if score_with_ref:
@@ -168,7 +177,7 @@ class PolicyEvaluation:
             batch["token_scores"] = ts[:, :T] * response_mask
         info = {"prompts": prompt_texts, "completions": completions, "extras": reward_out.extras, "gen_s": gen_s,
                 "score_s": _synced_elapsed(self.device, t0),
-                "ends_with_eos": ends_with_eos(response_ids, response_mask, self.eos_id)}
+                "ends_with_eos": ends_with_eos(response_ids, response_mask, self.stop_ids)}
         return batch, info
 
     def _completion_monitors(self, prefix: str, completions: list[str], eos_ended: torch.Tensor) -> dict[str, float]:
@@ -200,7 +209,8 @@ class PolicyEvaluation:
             torch.manual_seed(int(ecfg.seed) + self.rank)
             # the same number of chunks on every rank, whatever the remainder (sharded engines gather per forward)
             for s, e in even_chunks(len(prompts), len(self.eval_prompts), self.world, int(ecfg.batch_size)):
-                batch, info = self.rollout(prompts[s:e], lengths[s:e], self.eval_sampling)
+                batch, info = self.rollout(prompts[s:e], lengths[s:e], self.eval_sampling,
+                                           entropy=False)
                 fmask = batch["response_mask"].float()
                 full = self._full_kl(batch, self.eval_sampling.temperature)
                 kls.append((full * fmask).sum(1))

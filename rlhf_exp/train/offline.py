@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from rlhf_exp.core.kl import NoKLController
 from rlhf_exp.data import OfflineData, PromptSampler, chat_records, load_offline_data, offline_eval_prompts
 from rlhf_exp.distributed import even_chunks, in_mixed_precision, micro_batch_loss_scale, rank_slice, synchronize
-from rlhf_exp.modeling import max_positions, reference_of
+from rlhf_exp.modeling import check_tokenizer_fits, max_positions, reference_of
 from rlhf_exp.objectives import build_offline_objective
 from rlhf_exp.objectives.offline_base import Context
 from rlhf_exp.objectives.reward_modelling import REWARD_MODEL_DIR
@@ -56,6 +56,8 @@ class OfflineTrainer(PolicyEvaluation):
         self._init_tokenizer(mcfg)
         self.ctx = Context(device=self.device, pad_id=self.pad_id, eos_id=self.eos_id, reduce=self.reduce)
         model = obj.build_model(mcfg)
+        obj.bind_tokenizer(model, self.tokenizer)
+        check_tokenizer_fits(model, self.tokenizer, "model.path", self.tokenizer_option)
         # The reference: the initial policy (DPO/KTO losses; the KL of every policy evaluation).
         self.ref = (in_mixed_precision(self.acc, reference_of(model, mcfg.get("ref_path"), mcfg.get("dtype"))
                                        .to(self.device)) if obj.trains_policy else None)

@@ -26,7 +26,7 @@ from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt, PromptSampler, load_prompt_data
 from rlhf_exp.distributed import (in_mixed_precision, mean_over_ranks, micro_batch_loss_scale, rank_slice,
                                   synchronize)
-from rlhf_exp.modeling import load_policy, max_positions, reference_of, score_responses
+from rlhf_exp.modeling import check_tokenizer_fits, load_policy, max_positions, reference_of, score_responses
 from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
@@ -55,6 +55,7 @@ class OnlineTrainer(PolicyEvaluation):
         self.reward = build_reward_model(cfg.reward_model).to(self.device)
         self.reward.bind_policy_tokenizer(self.tokenizer)
         policy = load_policy(mcfg, value_head=self.objective.needs_value).to(self.device)
+        check_tokenizer_fits(policy, self.tokenizer, "model.path", self.tokenizer_option)
         self.ref = in_mixed_precision(self.acc, reference_of(policy, mcfg.get("ref_path"), mcfg.get("dtype"))
                                       .to(self.device))
 
