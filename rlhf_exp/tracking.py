@@ -207,6 +207,7 @@ class Tracker:
                 raise
             self._offline_notice(f"W&B did not start an online run within {timeout:g} s "
                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            wandb.teardown()   # the failed online attempt still holds the run id in W&B's service process
             self._wandb = wandb.init(mode="offline", **kwargs)
 
     def _offline_notice(self, why: str) -> None:

@@ -111,7 +111,7 @@ class OnlineTrainer(PolicyEvaluation):
         import dataclasses
 
         base, _ = self.rollout(prompts, lengths, dataclasses.replace(self.sampling, do_sample=False),
-                               score_with_ref=False)
+                               score_with_ref=False, entropy=False)
         rcfg, mean, std = self.cfg.reward, 0.0, 1.0
         if self.reward_moments is not None:
             mean, std = self.reward_moments.mean, max(self.reward_moments.std, 1e-6)
