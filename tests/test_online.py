@@ -118,7 +118,7 @@ def test_one_update_moves_the_rewarded_response_the_right_way(tmp_path, objectiv
         if "token_scores" in batch:   # per-token rewards: the whole score on the last token
             scored["token_scores"] = place_on_last_token(scored["raw_scores"], batch["response_mask"])
 
-        def fixed_rollout(prompts, lengths, sampling, score_with_ref=True, scored=scored):
+        def fixed_rollout(prompts, lengths, sampling, score_with_ref=True, entropy=True, scored=scored):
             if not sampling.do_sample:   # ReMax's greedy baseline: reward 0
                 return {**scored, "raw_scores": torch.zeros(n)}, info
             return {k: v.clone() for k, v in scored.items()}, info
