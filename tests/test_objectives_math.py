@@ -395,3 +395,28 @@ def test_reinforce_importance_weighting_scales_each_sequence_by_its_ratio():
     w = torch.tensor([torch.tensor(0.3).exp(), torch.tensor(-0.3).exp()])
     assert torch.allclose(grads[False], torch.tensor([[-0.5, -0.5], [1.0, 0.0]]))
     assert torch.allclose(grads[True], grads[False] * w.unsqueeze(1))
+
+
+def test_token_reinforce_importance_weighting_scales_each_responses_tokens_by_its_sequence_ratio():
+    """token_reinforce importance_weighting: token-mean loss over the 3 real tokens, -sum(A_t * w_i * lp_t) / 3, so
+    d loss / d lp_t = -A_t * w_i / 3 with w_i = exp(sum_t (lp - old)) over row i's real tokens: row 0 exp(0.2 + 0.1) =
+    1.3498588, row 1 exp(-0.3) = 0.7408182 (its padded position ignored even though old holds -inf there)."""
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    old = torch.tensor([[-1.0, -1.0], [-1.0, float("-inf")]])
+    lp0 = torch.tensor([[-0.8, -0.9], [-1.3, 5.0]])
+    mb = {"response_mask": mask, "old_logprobs": old, "advantages": torch.tensor([[1.0, 0.5], [-2.0, 0.0]])}
+    out = {}
+    for flag in (False, True):
+        obj = build_online_objective({"name": "token_reinforce", "importance_weighting": flag,
+                                      "loss_aggregation": "token-mean"}, {"estimator": None, "in_reward": None})
+        lp = lp0.clone().requires_grad_(True)
+        loss, stats = obj.loss(ResponseOutput(logprobs=lp), mb, 0.0)
+        out[flag] = (loss.item(), torch.autograd.grad(loss, lp)[0], stats)
+    # plain: -(1 * -0.8 + 0.5 * -0.9 + -2 * -1.3) / 3 = -0.45
+    assert out[False][0] == pytest.approx(-0.45, abs=1e-6)
+    assert torch.allclose(out[False][1], torch.tensor([[-1 / 3, -0.5 / 3], [2 / 3, 0.0]]))
+    assert "ratio_mean" not in out[False][2]
+    # weighted: -(1.3498588 * (-0.8 - 0.45) + 0.7408182 * 2.6) / 3 = -0.0796013
+    assert out[True][0] == pytest.approx(-0.0796013, abs=1e-6)
+    assert torch.allclose(out[True][1], torch.tensor([[-0.4499529, -0.2249765], [0.4938788, 0.0]]), atol=1e-6)
+    assert float(out[True][2]["ratio_mean"]) == pytest.approx((1.3498588 + 0.7408182) / 2, abs=1e-6)
