@@ -295,6 +295,16 @@ def test_reinforce_takes_one_optimizer_step_per_rollout_batch(tmp_path):
     assert trainer.mini_batch == 8 and len(steps) == 1
 
 
+@pytest.mark.parametrize("objective", ["reinforce", "token_reinforce"])
+def test_importance_weighting_in_the_loop_weights_the_later_minibatches(tmp_path, objective):
+    """With 2 minibatches per rollout batch and importance_weighting=true, the second minibatch's samples come from
+    the policy before the first step: their weights pi/pi_old differ from 1, and the logged mean shows it."""
+    run(compose(SMALL + [f"objective={objective}", "train.mini_batch_size=4", "train.steps=1",
+                         "objective.importance_weighting=true"]), tmp_path)
+    r = read_metrics(tmp_path)[1]
+    assert r["train/ratio_mean"] != 1.0 and abs(r["train/ratio_mean"] - 1.0) < 0.5, r["train/ratio_mean"]
+
+
 def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
     """Reproducibility on one CPU machine: two runs of one command log identical metrics (timings aside), for the
     default objective and for a group objective with dynamic sampling and an eval in the middle."""
