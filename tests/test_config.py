@@ -135,3 +135,27 @@ def test_fp16_on_an_auto_device_without_cuda_is_rejected():
 def test_a_users_own_reward_function_keeps_its_kwargs():
     """Only the shipped functions' arguments are known; an imported one gets whatever kwargs the config gives."""
     _validate(["reward_model=function", "reward_model.fn=tests.test_rewards:label_reward", "+reward_model.kwargs.x=1"])
+
+
+ONLINE = ["ppo", "ppo_seq", "reinforce", "kl_reinforce", "token_reinforce", "grpo", "rloo", "reinforce_pp", "remax"]
+
+
+@pytest.mark.parametrize("objective", ONLINE)
+def test_adaptive_kl_starts_from_the_objectives_own_coefficient_unless_the_command_line_sets_one(objective):
+    """kl=adaptive's initial kl.kl_coef is objective.adaptive_kl_coef (each online objective states it in its yaml);
+    kl.kl_coef=<x> on the command line wins; kl=fixed keeps its own 0.1."""
+    from rlhf_exp.core.kl import make_kl_controller
+
+    cfg = compose([f"objective={objective}", "kl=adaptive"])
+    own = cfg.objective.adaptive_kl_coef
+    assert isinstance(own, float) and own > 0
+    assert cfg.kl.kl_coef == own
+    k = cfg.kl
+    assert make_kl_controller(k.controller, k.kl_coef, k.target, k.horizon).value == own
+    assert compose([f"objective={objective}", "kl=adaptive", "kl.kl_coef=0.37"]).kl.kl_coef == 0.37
+    assert compose([f"objective={objective}", "kl=fixed"]).kl.kl_coef == 0.1
+
+
+def test_adaptive_kl_coefficient_defaults_to_0_2_for_an_objective_that_sets_none():
+    cfg = compose(["objective=ppo", "kl=adaptive", "~objective.adaptive_kl_coef"])
+    assert "adaptive_kl_coef" not in cfg.objective and cfg.kl.kl_coef == 0.2
