@@ -32,6 +32,7 @@ from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
+from rlhf_exp.train.batching import trim_padding
 from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, advance_bar, batch_geometry_of, progress_bar
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
 
@@ -276,7 +277,7 @@ class OnlineTrainer(PolicyEvaluation):
                 bad_loss = None
                 for s in range(0, len(idx_mini), geo.local_micro):
                     idx = idx_mini[s:s + geo.local_micro]
-                    mb = {k: batch[k][idx] for k in keys}
+                    mb = trim_padding({k: batch[k][idx] for k in keys})   # its own longest prompt + response
                     with self.acc.accumulate(self.policy):
                         out = score_responses(self.policy, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
                                               mb["response_mask"], self.sampling.temperature,
