@@ -205,6 +205,7 @@ RANGE_RULES: list[tuple[str, object, str]] = [
     ("train.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("train.adam_eps", lambda v: v > 0, "> 0"),
     ("train.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("train.adamw_impl", lambda v: v in ("foreach", "fused", "for-loop"), "one of foreach, fused, for-loop"),
     ("train.max_grad_norm", lambda v: v > 0,
      "> 0 (gradients are always clipped to this norm, and 0 would clip every update to nothing; for no clipping "
      "use a large value such as 1e9)"),

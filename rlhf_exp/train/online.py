@@ -32,6 +32,7 @@ from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
+from rlhf_exp.train.optim import make_adamw
 from rlhf_exp.train.batching import trim_padding
 from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, advance_bar, batch_geometry_of, progress_bar
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
@@ -77,10 +78,7 @@ class OnlineTrainer(PolicyEvaluation):
         kcfg = cfg.kl
         self.kl_ctl = make_kl_controller(kcfg.controller, kcfg.kl_coef, kcfg.get("target"), kcfg.get("horizon"))
 
-        self.optimizer = torch.optim.AdamW(
-            [p for p in policy.parameters() if p.requires_grad], lr=tcfg.lr, betas=tuple(tcfg.adam_betas),
-            eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay,
-        )
+        self.optimizer = make_adamw(policy.parameters(), tcfg)   # train.adamw_impl: rlhf_exp.train.optim
         n_updates = tcfg.steps * tcfg.epochs * self.geometry.optimizer_steps
         from transformers import get_scheduler
 
