@@ -12,6 +12,7 @@ Examples::
     python -m rlhf_exp.benchmark objective=grpo --steps 10
     python -m rlhf_exp.benchmark model=gpt2 model.path=/models/gpt2 train.mixed_precision=bf16 model.lora.r=16
     python -m rlhf_exp.benchmark --qwen2-shaped /tmp/qwen2_shaped model.dtype=bfloat16   # a real vocabulary
+    python -m rlhf_exp.benchmark --peer train.batch_size=128 kl.kl_coef=0.04   # GRPO vs TRL's GRPOTrainer
 
 ``--qwen2-shaped DIR`` measures the cost of a real vocabulary without downloading a model: it writes (once) a
 Qwen2-architecture policy built from its config with random weights, Qwen2.5's 151,936-row embedding (tied output
@@ -84,8 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--qwen2-shaped", type=Path, default=None, metavar="DIR",
                     help="benchmark a random 2-layer Qwen2-shaped policy with a 151,936-token vocabulary, written to "
                          "DIR (once) and used as model.path")
+    ap.add_argument("--peer", action="store_true",
+                    help="GRPO against TRL's GRPOTrainer on the same work, interleaved in this process "
+                         "(rlhf_exp.peer_benchmark; docs/performance.md)")
     args = ap.parse_args(argv)
     overrides = list(args.overrides)
+    if args.peer:
+        from rlhf_exp.peer_benchmark import run_peer
+
+        return run_peer(overrides, args.steps, args.out)
     if args.qwen2_shaped is not None:
         overrides.append(f"model.path={build_qwen2_shaped(args.qwen2_shaped)}")
 
