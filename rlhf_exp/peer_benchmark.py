@@ -113,18 +113,22 @@ def run_peer(overrides: list[str], steps: int, out: Path) -> dict:
         dataset = Dataset.from_list([{"prompt": texts[i % len(texts)]} for i in range(n_prompts)])
         ours_rows: list[dict] = []
         trl_times: list[float] = []
+        cpu: dict[str, list[float]] = {"ours": [], "trl": []}   # process CPU seconds per step (all threads)
 
         class Interleave(TrainerCallback):
             """At the end of each TRL step: note its time, run one rlhf_exp step, restart TRL's clock."""
-            t = 0.0
+            t = c = 0.0
 
             def on_train_begin(self, *a, **k):
-                self.t = time.perf_counter()
+                self.t, self.c = time.perf_counter(), time.process_time()
 
             def on_step_end(self, *a, **k):
                 trl_times.append(time.perf_counter() - self.t)
+                c = time.process_time()
+                cpu["trl"].append(c - self.c)
                 ours_rows.append(ours.train_step(len(ours_rows)))
-                self.t = time.perf_counter()
+                cpu["ours"].append(time.process_time() - c)
+                self.t, self.c = time.perf_counter(), time.process_time()
 
         peer = GRPOTrainer(model=copy.deepcopy(ours.unwrapped.lm), reward_funcs=[task_reward],
                            processing_class=ours.tokenizer, train_dataset=dataset, args=args,
@@ -140,6 +144,7 @@ def run_peer(overrides: list[str], steps: int, out: Path) -> dict:
         "beta": float(cfg.kl.kl_coef), "max_new_tokens": int(cfg.generation.max_new_tokens),
         "ours_step_s": ours_s, "trl_step_s": trl_s, "trl_over_ours": trl_s / ours_s,
         "ours_step_s_all": [r["perf/step_s"] for r in ours_rows], "trl_step_s_all": trl_times,
+        "ours_cpu_s": statistics.median(cpu["ours"][1:]), "trl_cpu_s": statistics.median(cpu["trl"][1:]),
         "ours_tokens_per_step": statistics.median(r["perf/tokens_per_s"] * r["perf/step_s"] for r in ours_rows[1:]),
         "device": platform.processor() or "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": sys.version.split()[0],
@@ -148,6 +153,8 @@ def run_peer(overrides: list[str], steps: int, out: Path) -> dict:
           f"{result['max_new_tokens']} tokens, {steps} steps each (interleaved, median):")
     print(f"  rlhf_exp {ours_s:.3f} s/step | {result['peer']} {trl_s:.3f} s/step | TRL / rlhf_exp = "
           f"{result['trl_over_ours']:.2f}x")
+    print(f"  CPU s/step (all threads): rlhf_exp {result['ours_cpu_s']:.3f} | TRL {result['trl_cpu_s']:.3f} | "
+          f"TRL / rlhf_exp = {result['trl_cpu_s'] / result['ours_cpu_s']:.2f}x")
     with open(out, "a") as f:
         f.write(json.dumps(result) + "\n")
     return result
