@@ -129,3 +129,73 @@ def test_adamw_impls_take_the_same_steps():
     with pytest.raises(ValueError, match="train.adamw_impl='adam'"):
         make_adamw(base.parameters(), OmegaConf.create({"lr": 1e-2, "adam_betas": [0.9, 0.95], "adam_eps": 1e-8,
                                                         "weight_decay": 0.0, "adamw_impl": "adam"}))
+
+
+SKIP_CFG = ["logger=none", "train.batch_size=8", "train.mini_batch_size=null", "train.epochs=1", "eval.every=0",
+            "dataset.eval_size=8", "dataset.train_size=64", "generation.max_new_tokens=6", "train.save_model=false",
+            "kl=fixed", "kl.kl_coef=0.05", "seed=0"]
+
+
+def _trainer(tmp_path, overrides, from_update=None):
+    from tests.conftest import compose
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.train.common import seed_everything
+    from rlhf_exp.train.online import OnlineTrainer
+
+    cfg = compose(overrides)
+    seed_everything(0)
+    t = OnlineTrainer(cfg, tmp_path, Tracker(tmp_path, cfg.logger, {}, "t", enabled=False))
+    if from_update is not None:
+        t.old_logprobs_from_update = from_update
+    return t
+
+
+@pytest.mark.parametrize("objective", ["grpo", "rloo", "kl_reinforce"])
+def test_old_logprobs_from_the_update_forward_give_the_same_updates(tmp_path, objective):
+    """One optimizer step per batch, KL in the loss: the rollout skips its no-grad policy forward and the update's
+    detached log-probs are the old log-probs (ratio exactly 1). Two steps of that path and of the full path (no-grad
+    forward in the rollout) give the same parameters (to 1e-6 of the largest parameter: the same sums on different
+    batch shapes), the same logged KL, entropy and losses (rel 1e-4)."""
+    ov = SKIP_CFG + [f"objective={objective}"] + (["objective.group_size=4"] if objective != "kl_reinforce" else [])
+    ov += ["kl.in_reward=false"] if objective == "rloo" else []
+    runs = {}
+    for name, flag in (("skip", None), ("full", False)):
+        t = _trainer(tmp_path / name, ov, flag)
+        policy_forwards = []
+        real = t._forward_chunks
+
+        def counting(model, *a, _real=real, _t=t, **k):
+            policy_forwards.append(model is _t.policy)
+            return _real(model, *a, **k)
+
+        t._forward_chunks = counting
+        ms = [t.train_step(s) for s in (1, 2)]
+        runs[name] = (t, ms, sum(policy_forwards))
+    (ts, ms_skip, n_skip), (tf, ms_full, n_full) = runs["skip"], runs["full"]
+    assert ts.old_logprobs_from_update and not tf.old_logprobs_from_update
+    assert n_skip == 0 and n_full == 2          # one no-grad policy forward per step saved
+    assert all(m["train/ratio_mean"] == 1.0 for m in ms_skip if "train/ratio_mean" in m)
+    ps = torch.cat([p.detach().reshape(-1) for p in ts.policy.parameters()])
+    pf = torch.cat([p.detach().reshape(-1) for p in tf.policy.parameters()])
+    assert (ps - pf).abs().max() <= 1e-6 * pf.abs().max()
+    for a, b in zip(ms_skip, ms_full):
+        for k in ("train/kl", "train/entropy", "train/loss/total", "train/loss/kl", "train/reward_mean"):
+            if k in b:
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+
+
+def test_old_logprobs_from_update_only_where_nothing_reads_them_earlier():
+    """The condition: one optimizer step per batch, no critic, KL not in the reward, not the full-KL estimator, no
+    dynamic sampling."""
+    from rlhf_exp.train.batching import old_logprobs_from_update
+
+    def obj(name, **kl):
+        return build_online_objective({"name": name, "group_size": 4}, {"estimator": None, "in_reward": None, **kl}, 16)
+
+    assert old_logprobs_from_update(obj("grpo"), 1, 32, 32)
+    assert not old_logprobs_from_update(obj("grpo"), 2, 32, 32)            # a second epoch moves the policy
+    assert not old_logprobs_from_update(obj("grpo"), 1, 16, 32)            # a second mini-batch too
+    assert not old_logprobs_from_update(obj("ppo"), 1, 32, 32)             # critic values and KL in the reward
+    assert not old_logprobs_from_update(obj("rloo"), 1, 32, 32)            # KL in the reward (rloo's default)
+    assert old_logprobs_from_update(obj("rloo", in_reward=False), 1, 32, 32)
+    assert not old_logprobs_from_update(obj("grpo", estimator="full"), 1, 32, 32)

@@ -47,3 +47,37 @@ def trim_padding(mb: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             out[k] = v
     return out
+
+
+def old_logprobs_from_update(objective, epochs: int, local_mini: int, local_batch: int) -> bool:
+    """Whether the old log-probs can be taken from the update's own forward instead of a no-grad policy forward.
+
+    True when each rollout batch gets exactly one optimizer step (``train.epochs=1`` and one mini-batch per batch):
+    every forward of that step runs on the weights that sampled, so its detached log-probs *are* the old log-probs
+    (the ratio is exactly 1, as TRL's GRPOTrainer does when ``num_iterations=1`` and generation is aligned with the
+    optimizer step), and when nothing computed before the update needs them: no critic (``old_values`` come from
+    the same forward), the KL outside the reward (so the advantages do not read it), no ``kl.estimator=full`` (its
+    exact KL needs the policy's logits before the update), no dynamic sampling, and an objective that does not mark
+    its advantages as reading them (``advantages_read_old_logprobs``).
+    """
+    return (epochs == 1 and local_mini >= local_batch and not objective.needs_value and not objective.kl_in_reward
+            and objective.kl_estimator != "full" and not objective.dynamic_sampling
+            and not getattr(objective, "advantages_read_old_logprobs", False))
+
+
+def fill_from_update(batch: dict[str, torch.Tensor], idx: torch.Tensor, mb: dict[str, torch.Tensor], out) -> None:
+    """In place: the micro-batch ``mb`` (rows ``idx`` of ``batch``, trimmed to ``T'`` response columns) gets
+    ``old_logprobs`` = the detached log-probs of the update's forward ``out``; ``batch`` gets them and the entropy
+    (detached, for ``train/entropy``) in rows ``idx``, columns ``:T'``. ``out.logits`` must be set."""
+    lp = out.logprobs.detach()
+    mb["old_logprobs"] = lp
+    if out.entropy is not None:
+        ent = out.entropy.detach()
+    else:
+        from rlhf_exp.core.losses import entropy_from_logits
+
+        with torch.no_grad():
+            ent = entropy_from_logits(out.logits.detach())
+    Tp = lp.shape[1]
+    batch["old_logprobs"][idx, :Tp] = lp.float()
+    batch["entropy"][idx, :Tp] = ent.float()

@@ -135,9 +135,11 @@ class PolicyEvaluation:
 
     # ------------------------------------------------------------------------------------------ rollout
     def rollout(self, prompts: list[Prompt], lengths: torch.Tensor, sampling: SamplingSettings,
-                score_with_ref: bool = True, entropy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                score_with_ref: bool = True, entropy: bool = True, score_policy: bool = True
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Generate, score and compute log-probs (and the entropy, when ``entropy``) for a batch of prompts.
-        Returns the batch and text/extras."""
+        Returns the batch and text/extras. ``score_policy=False`` skips the policy's no-grad forward (no
+        ``old_logprobs``, ``entropy``, ``old_values``: the update's forward provides them)."""
         self.policy.eval()
         prompt_ids, prompt_mask = pad_left([p.ids for p in prompts], self.pad_id, self.device)
         synchronize(self.device)
@@ -160,9 +162,10 @@ class PolicyEvaluation:
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
                  "response_mask": response_mask}
         pol = self._forward_chunks(self.policy, batch, sampling.temperature, entropy=entropy,
-                                   values=self.objective.needs_value)
-        batch["old_logprobs"] = pol["logprobs"]
-        if entropy:
+                                   values=self.objective.needs_value) if score_policy else {}
+        if score_policy:
+            batch["old_logprobs"] = pol["logprobs"]
+        if entropy and score_policy:
             batch["entropy"] = pol["entropy"]
         if "values" in pol:
             batch["old_values"] = pol["values"]

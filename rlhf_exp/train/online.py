@@ -33,7 +33,7 @@ from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
 from rlhf_exp.train.optim import make_adamw
-from rlhf_exp.train.batching import trim_padding
+from rlhf_exp.train.batching import fill_from_update, old_logprobs_from_update, trim_padding
 from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, advance_bar, batch_geometry_of, progress_bar
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
 
@@ -87,6 +87,10 @@ class OnlineTrainer(PolicyEvaluation):
         self.policy, self.optimizer = self.acc.prepare(policy, self.optimizer)
         self.reward_moments = RunningMoments() if cfg.reward.normalize else None
         self.forward_bs = int(tcfg.forward_batch_size)
+        # one optimizer step per rollout batch and advantages that do not read the old log-probs: the update's own
+        # forward gives them (detached), and the rollout skips its no-grad policy forward (rlhf_exp.train.batching)
+        self.old_logprobs_from_update = old_logprobs_from_update(self.objective, int(tcfg.epochs),
+                                                                 self.mini_batch, self.local_batch)
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
 
     def _preprocess_scores(self, raw: torch.Tensor, token_scores: Optional[torch.Tensor] = None,
@@ -187,17 +191,16 @@ class OnlineTrainer(PolicyEvaluation):
         if self.objective.dynamic_sampling:
             prompts, lengths, batch, info, ds_stats = self._dynamic_sampling_rollout(prompts, lengths)
         else:
-            batch, info = self.rollout(prompts, lengths, self.sampling)
+            skip = {"score_policy": False} if self.old_logprobs_from_update else {}
+            batch, info = self.rollout(prompts, lengths, self.sampling, **skip)
             ds_stats = {}
         batch["ends_with_eos"] = info["ends_with_eos"].to(self.device).float()
         mask = batch["response_mask"]
         fmask = mask.float()
-        if self.objective.kl_estimator == "full":
-            full = self._full_kl(batch, self.sampling.temperature)
+        if self.old_logprobs_from_update:   # the KL is not in the reward: the advantages do not read it
+            batch["kl"] = torch.zeros_like(fmask)
         else:
-            full = None
-        log_ratio = batch["old_logprobs"] - batch["ref_logprobs"]
-        batch["kl"] = per_token_kl(self.objective.kl_estimator, batch["old_logprobs"], batch["ref_logprobs"], full)
+            log_ratio, batch["kl"] = self._kl_terms(batch)
         batch["scores"], token_scores = self._preprocess_scores(batch["raw_scores"], batch.get("token_scores"), fmask)
         if token_scores is not None:
             batch["token_scores"] = token_scores
@@ -214,6 +217,8 @@ class OnlineTrainer(PolicyEvaluation):
         mstats = self.update(batch, kl_coef, step)
         synchronize(self.device)
         update_s = time.perf_counter() - t_up
+        if self.old_logprobs_from_update:   # old log-probs and entropy came from the update's forward
+            log_ratio, batch["kl"] = self._kl_terms(batch)
 
         # ---- KL control and metrics (over the global batch)
         seq_kl = (log_ratio * fmask).sum(dim=1)
@@ -246,6 +251,13 @@ class OnlineTrainer(PolicyEvaluation):
                   "perf/tokens_per_s": float(fmask.sum()) * self.world / step_s})
         return mean_over_ranks(self.acc, m)
 
+    def _kl_terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log pi_old - log pi_ref`` (what ``train/kl`` and the controller see) and the per-token KL estimate
+        ``kl.estimator`` of the scored batch. ``(B, T)`` each."""
+        full = self._full_kl(batch, self.sampling.temperature) if self.objective.kl_estimator == "full" else None
+        log_ratio = batch["old_logprobs"] - batch["ref_logprobs"]
+        return log_ratio, per_token_kl(self.objective.kl_estimator, batch["old_logprobs"], batch["ref_logprobs"], full)
+
     def update(self, batch: dict[str, torch.Tensor], kl_coef: float, step: int = 0) -> dict[str, list[float]]:
         """``train.epochs`` passes of shuffled optimizer steps over this process's share of a scored batch.
 
@@ -263,6 +275,11 @@ class OnlineTrainer(PolicyEvaluation):
         B = mask.shape[0]
         keys = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (B,)]
         by_tokens = self.objective.loss_aggregation == "token-mean"
+        from_update = self.old_logprobs_from_update
+        if from_update:   # filled below from the (single) optimizer step's forwards
+            batch["old_logprobs"] = torch.zeros_like(mask, dtype=torch.float)
+            batch["entropy"] = torch.zeros_like(mask, dtype=torch.float)
+            keys = [k for k in keys if k not in ("old_logprobs", "entropy")]
         for epoch in range(tcfg.epochs):
             perm = torch.randperm(B, generator=self.shuffle_gen).to(self.device)
             minis = [perm[s:s + self.mini_batch] for s in range(0, B, self.mini_batch)]
@@ -281,7 +298,9 @@ class OnlineTrainer(PolicyEvaluation):
                                               mb["response_mask"], self.sampling.temperature,
                                               return_entropy=self.objective.needs_entropy_grad,
                                               return_values=self.objective.needs_value,
-                                              return_logits=self.objective.needs_full_logits)
+                                              return_logits=self.objective.needs_full_logits or from_update)
+                        if from_update:
+                            fill_from_update(batch, idx, mb, out)
                         ref_full = None
                         if self.objective.needs_full_logits:
                             ref_logits = self._forward_chunks(self.ref, mb, self.sampling.temperature,
