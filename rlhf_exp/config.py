@@ -216,6 +216,7 @@ RANGE_RULES: list[tuple[str, object, str]] = [
      "> 0 (training rollouts always sample; for greedy evaluation set eval.do_sample=false)"),
     ("generation.top_k", lambda v: v >= 0, ">= 0 (0 = off)"),
     ("generation.top_p", lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),
+    ("generation.backend", lambda v: v in ("hf",), "hf (transformers generate)"),
     ("eval.every", lambda v: v >= 0, ">= 0 (0 = only at the start and the end)"),
     ("eval.batch_size", lambda v: v >= 1, ">= 1"),
     ("eval.num_samples_to_log", lambda v: v >= 0, ">= 0"),

@@ -89,6 +89,7 @@ class OnlineTrainer(PolicyEvaluation):
         self.reward_moments = RunningMoments() if cfg.reward.normalize else None
         self.forward_bs = int(tcfg.forward_batch_size)
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._init_rollout()     # engine (generation.backend), scorer, collector
 
     def _preprocess_scores(self, raw: torch.Tensor, token_scores: Optional[torch.Tensor] = None,
                            mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -210,11 +211,13 @@ class OnlineTrainer(PolicyEvaluation):
         adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.reduce), **ds_stats}
 
         # ---- updates
+        self.engine.sleep()                   # generation.vllm.enable_sleep_mode: free the KV cache while training
         synchronize(self.device)
         t_up = time.perf_counter()
         mstats = self.update(batch, kl_coef, step)
         synchronize(self.device)
         update_s = time.perf_counter() - t_up
+        self._sync_engine(step)               # the next rollout samples from the updated policy
 
         # ---- KL control and metrics (over the global batch)
         seq_kl = (log_ratio * fmask).sum(dim=1)
@@ -328,6 +331,7 @@ class OnlineTrainer(PolicyEvaluation):
     def train(self) -> dict[str, Any]:
         tcfg, ecfg = self.cfg.train, self.cfg.eval
         start, t_start = checkpoint.begin(self)      # 0, or the step of the checkpoint this run resumes from
+        self._sync_engine(start)
         if start == 0:
             self._record(self.evaluate(0), 0)
         bar = progress_bar(self.objective.name, tcfg.steps, self.is_main, initial=start)
