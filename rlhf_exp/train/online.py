@@ -121,6 +121,27 @@ class OnlineTrainer(PolicyEvaluation):
                                        base.get("token_scores"), mask)
         return scores if ts is None else (ts * mask).sum(dim=1)
 
+    def _sampler_correction(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """A separate sampler's log-probs (``generation.backend=vllm``): log ``rollout_logprob_gap``, the mean
+        ``|log pi_old - log pi_sampler|`` over the response tokens of the global batch, and with
+        ``generation.vllm.importance_correction`` add ``tis_weight`` (truncated importance weights) to the batch.
+        Nothing for a sampler that is the trained model itself (``hf``)."""
+        if "sampler_logprobs" not in batch:
+            return {}
+        from rlhf_exp.rollout.correction import logprob_gap, truncated_importance_weights
+
+        old, samp, mask = batch["old_logprobs"], batch["sampler_logprobs"], batch["response_mask"]
+        fmask = mask.float()
+        stats = {"rollout_logprob_gap": float(masked_moments(logprob_gap(old, samp, mask), fmask, self.reduce)[1])}
+        vcfg = self.cfg.generation.vllm
+        if vcfg.importance_correction:
+            cap = float(vcfg.importance_cap)
+            w = truncated_importance_weights(old, samp, mask, cap)
+            batch["tis_weight"] = w
+            stats["tis_weight_mean"] = float(masked_moments(w, fmask, self.reduce)[1])
+            stats["tis_capped_frac"] = float(masked_moments((w >= cap).float(), fmask, self.reduce)[1])
+        return stats
+
     def _draw_prompts(self) -> tuple[list[Prompt], torch.Tensor]:
         """This process's prompts (each repeated ``group_size`` times) and response lengths for one global batch:
         every rank draws the same global prompts and lengths (shared seeds) and keeps its own slice, so the ranks'
@@ -208,7 +229,8 @@ class OnlineTrainer(PolicyEvaluation):
             batch["baseline_scores"] = self._greedy_baseline_scores(prompts, lengths)
             ds_stats["greedy_reward_mean"] = float(batch["baseline_scores"].mean())
         kl_coef = self.kl_ctl.value
-        adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.reduce), **ds_stats}
+        adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.reduce), **ds_stats,
+                     **self._sampler_correction(batch)}
 
         # ---- updates
         self.engine.sleep()                   # generation.vllm.enable_sleep_mode: free the KV cache while training
