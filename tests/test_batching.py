@@ -162,13 +162,13 @@ def test_old_logprobs_from_the_update_forward_give_the_same_updates(tmp_path, ob
     for name, flag in (("skip", None), ("full", False)):
         t = _trainer(tmp_path / name, ov, flag)
         policy_forwards = []
-        real = t._forward_chunks
+        real = t.scorer.forward_chunks
 
         def counting(model, *a, _real=real, _t=t, **k):
             policy_forwards.append(model is _t.policy)
             return _real(model, *a, **k)
 
-        t._forward_chunks = counting
+        t.scorer.forward_chunks = counting
         ms = [t.train_step(s) for s in (1, 2)]
         runs[name] = (t, ms, sum(policy_forwards))
     (ts, ms_skip, n_skip), (tf, ms_full, n_full) = runs["skip"], runs["full"]
@@ -199,3 +199,4 @@ def test_old_logprobs_from_update_only_where_nothing_reads_them_earlier():
     assert not old_logprobs_from_update(obj("rloo"), 1, 32, 32)            # KL in the reward (rloo's default)
     assert old_logprobs_from_update(obj("rloo", in_reward=False), 1, 32, 32)
     assert not old_logprobs_from_update(obj("grpo", estimator="full"), 1, 32, 32)
+    assert not old_logprobs_from_update(obj("grpo"), 1, 32, 32, separate_sampler=True)   # vLLM's correction

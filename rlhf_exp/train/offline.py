@@ -93,6 +93,8 @@ class OfflineTrainer(PolicyEvaluation):
                                        num_training_steps=tcfg.steps * self.geometry.optimizer_steps)
         self.model, self.optimizer = self.acc.prepare(model, self.optimizer)
         self.policy = self.model          # the name the shared evaluation uses
+        if obj.trains_policy:
+            self._init_rollout()          # the evaluation's engine (generation.backend), scorer, collector
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.summary_keys = tuple(f"eval/{k}" for k in obj.summary_stats)
 

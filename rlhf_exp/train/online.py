@@ -89,9 +89,11 @@ class OnlineTrainer(PolicyEvaluation):
         self.forward_bs = int(tcfg.forward_batch_size)
         # one optimizer step per rollout batch and advantages that do not read the old log-probs: the update's own
         # forward gives them (detached), and the rollout skips its no-grad policy forward (rlhf_exp.train.batching)
-        self.old_logprobs_from_update = old_logprobs_from_update(self.objective, int(tcfg.epochs),
-                                                                 self.mini_batch, self.local_batch)
+        self.old_logprobs_from_update = old_logprobs_from_update(
+            self.objective, int(tcfg.epochs), self.mini_batch, self.local_batch,
+            separate_sampler=str(cfg.generation.get("backend", "hf")) != "hf")
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._init_rollout()     # engine (generation.backend), scorer, collector
 
     def _preprocess_scores(self, raw: torch.Tensor, token_scores: Optional[torch.Tensor] = None,
                            mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -122,6 +124,27 @@ class OnlineTrainer(PolicyEvaluation):
         scores, ts = preprocess_scores(base["raw_scores"], float(rcfg.scale), rcfg.clip, mean, std,
                                        base.get("token_scores"), mask)
         return scores if ts is None else (ts * mask).sum(dim=1)
+
+    def _sampler_correction(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """A separate sampler's log-probs (``generation.backend=vllm``): log ``rollout_logprob_gap``, the mean
+        ``|log pi_old - log pi_sampler|`` over the response tokens of the global batch, and with
+        ``generation.vllm.importance_correction`` add ``tis_weight`` (truncated importance weights) to the batch.
+        Nothing for a sampler that is the trained model itself (``hf``)."""
+        if "sampler_logprobs" not in batch:
+            return {}
+        from rlhf_exp.rollout.correction import logprob_gap, truncated_importance_weights
+
+        old, samp, mask = batch["old_logprobs"], batch["sampler_logprobs"], batch["response_mask"]
+        fmask = mask.float()
+        stats = {"rollout_logprob_gap": float(masked_moments(logprob_gap(old, samp, mask), fmask, self.reduce)[1])}
+        vcfg = self.cfg.generation.vllm
+        if vcfg.importance_correction:
+            cap = float(vcfg.importance_cap)
+            w = truncated_importance_weights(old, samp, mask, cap)
+            batch["tis_weight"] = w
+            stats["tis_weight_mean"] = float(masked_moments(w, fmask, self.reduce)[1])
+            stats["tis_capped_frac"] = float(masked_moments((w >= cap).float(), fmask, self.reduce)[1])
+        return stats
 
     def _draw_prompts(self) -> tuple[list[Prompt], torch.Tensor]:
         """This process's prompts (each repeated ``group_size`` times) and response lengths for one global batch:
@@ -209,9 +232,11 @@ class OnlineTrainer(PolicyEvaluation):
             batch["baseline_scores"] = self._greedy_baseline_scores(prompts, lengths)
             ds_stats["greedy_reward_mean"] = float(batch["baseline_scores"].mean())
         kl_coef = self.kl_ctl.value
-        adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.reduce), **ds_stats}
+        adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.reduce), **ds_stats,
+                     **self._sampler_correction(batch)}
 
         # ---- updates
+        self.engine.sleep()                   # generation.vllm.enable_sleep_mode: free the KV cache while training
         synchronize(self.device)
         t_up = time.perf_counter()
         mstats = self.update(batch, kl_coef, step)
@@ -219,6 +244,7 @@ class OnlineTrainer(PolicyEvaluation):
         update_s = time.perf_counter() - t_up
         if self.old_logprobs_from_update:   # old log-probs and entropy came from the update's forward
             log_ratio, batch["kl"] = self._kl_terms(batch)
+        self._sync_engine(step)               # the next rollout samples from the updated policy
 
         # ---- KL control and metrics (over the global batch)
         seq_kl = (log_ratio * fmask).sum(dim=1)
@@ -346,6 +372,7 @@ class OnlineTrainer(PolicyEvaluation):
     def train(self) -> dict[str, Any]:
         tcfg, ecfg = self.cfg.train, self.cfg.eval
         start, t_start = checkpoint.begin(self)      # 0, or the step of the checkpoint this run resumes from
+        self._sync_engine(start)
         if start == 0:
             self._record(self.evaluate(0), 0)
         bar = progress_bar(self.objective.name, tcfg.steps, self.is_main, initial=start)
