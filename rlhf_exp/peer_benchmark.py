@@ -145,6 +145,8 @@ def run_peer(overrides: list[str], steps: int, out: Path) -> dict:
         "ours_step_s": ours_s, "trl_step_s": trl_s, "trl_over_ours": trl_s / ours_s,
         "ours_step_s_all": [r["perf/step_s"] for r in ours_rows], "trl_step_s_all": trl_times,
         "ours_cpu_s": statistics.median(cpu["ours"][1:]), "trl_cpu_s": statistics.median(cpu["trl"][1:]),
+        **{f"ours_{k[5:]}": statistics.median(r[k] for r in ours_rows[1:])
+           for k in ("perf/gen_s", "perf/score_s", "perf/update_s")},
         "ours_tokens_per_step": statistics.median(r["perf/tokens_per_s"] * r["perf/step_s"] for r in ours_rows[1:]),
         "device": platform.processor() or "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": sys.version.split()[0],
@@ -153,6 +155,8 @@ def run_peer(overrides: list[str], steps: int, out: Path) -> dict:
           f"{result['max_new_tokens']} tokens, {steps} steps each (interleaved, median):")
     print(f"  rlhf_exp {ours_s:.3f} s/step | {result['peer']} {trl_s:.3f} s/step | TRL / rlhf_exp = "
           f"{result['trl_over_ours']:.2f}x")
+    print(f"  rlhf_exp's step: generation {result['ours_gen_s']:.3f} s, reward + scoring {result['ours_score_s']:.3f} s, "
+          f"update {result['ours_update_s']:.3f} s")
     print(f"  CPU s/step (all threads): rlhf_exp {result['ours_cpu_s']:.3f} | TRL {result['trl_cpu_s']:.3f} | "
           f"TRL / rlhf_exp = {result['trl_cpu_s'] / result['ours_cpu_s']:.2f}x")
     with open(out, "a") as f:

@@ -52,7 +52,7 @@ def test_peer_mode_runs_trl_grpo_on_the_same_work(tmp_path):
     assert len(saved["ours_step_s_all"]) == len(saved["trl_step_s_all"]) == 2   # warm-up + 1, interleaved
     assert result["ours_step_s"] > 0 and result["trl_step_s"] > 0 and result["ours_cpu_s"] > 0
     assert result["trl_over_ours"] == pytest.approx(result["trl_step_s"] / result["ours_step_s"])
-    assert result["peer"].startswith("trl ") and "GRPOTrainer" in result["peer"]
+    assert result["peer"].startswith("trl ") and "GRPOTrainer" in result["peer"] and result["ours_gen_s"] > 0
     with pytest.raises(ValueError, match="generation.min_new_tokens=2 != max_new_tokens=4"):
         main(["--peer", "--steps", "1", "--out", str(out), "train.batch_size=8", "generation.max_new_tokens=4",
               "generation.min_new_tokens=2"])
