@@ -6,6 +6,10 @@ response columns are padding in every row: they cost forward and backward comput
 attention ignores them (attention mask 0), position ids are counted from the first real token
 (:func:`rlhf_exp.modeling.position_ids_from_mask`) and every loss term is masked by ``response_mask``.
 :func:`trim_padding` drops those columns.
+
+And no separate forward for the old log-probs where the update's own forward has them:
+:func:`old_logprobs_from_update` says when (one optimizer step per rollout batch, nothing before the update reads
+them) and :func:`fill_from_update` takes them, and the logged entropy, from that forward. Docs: docs/performance.md.
 """
 from __future__ import annotations
 
