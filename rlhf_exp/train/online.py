@@ -32,10 +32,10 @@ from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
-from rlhf_exp.train.optim import make_adamw
 from rlhf_exp.train.batching import fill_from_update, old_logprobs_from_update, trim_padding
 from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, advance_bar, batch_geometry_of, progress_bar
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
+from rlhf_exp.train.optim import make_adamw
 
 
 class OnlineTrainer(PolicyEvaluation):
