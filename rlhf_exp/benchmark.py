@@ -12,6 +12,7 @@ Examples::
     python -m rlhf_exp.benchmark objective=grpo --steps 10
     python -m rlhf_exp.benchmark model=gpt2 model.path=/models/gpt2 train.mixed_precision=bf16 model.lora.r=16
     python -m rlhf_exp.benchmark --qwen2-shaped /tmp/qwen2_shaped model.dtype=bfloat16   # a real vocabulary
+    python -m rlhf_exp.benchmark --peer train.batch_size=128 kl.kl_coef=0.04   # GRPO vs TRL's GRPOTrainer
 
 ``--qwen2-shaped DIR`` measures the cost of a real vocabulary without downloading a model: it writes (once) a
 Qwen2-architecture policy built from its config with random weights, Qwen2.5's 151,936-row embedding (tied output
@@ -84,8 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--qwen2-shaped", type=Path, default=None, metavar="DIR",
                     help="benchmark a random 2-layer Qwen2-shaped policy with a 151,936-token vocabulary, written to "
                          "DIR (once) and used as model.path")
+    ap.add_argument("--peer", action="store_true",
+                    help="GRPO against TRL's GRPOTrainer on the same work, interleaved in this process "
+                         "(rlhf_exp.peer_benchmark; docs/performance.md)")
     args = ap.parse_args(argv)
     overrides = list(args.overrides)
+    if args.peer:
+        from rlhf_exp.peer_benchmark import run_peer
+
+        return run_peer(overrides, args.steps, args.out)
     if args.qwen2_shaped is not None:
         overrides.append(f"model.path={build_qwen2_shaped(args.qwen2_shaped)}")
 
@@ -108,16 +116,19 @@ def main(argv: list[str] | None = None) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         trainer.train_step(0)  # warm-up (allocations, kernels)
         rows = []
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for step in range(1, args.steps + 1):
             rows.append(trainer.train_step(step))
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     mem_key, mem = _peak_memory_mb(device)
     med = {k: statistics.median(r[k] for r in rows)
            for k in ("perf/gen_s", "perf/score_s", "perf/update_s", "perf/step_s", "perf/samples_per_s",
                      "perf/tokens_per_s")}
     result = {
         "overrides": overrides, "steps": args.steps, "wall_s": wall, **med, mem_key: mem,
+        # CPU seconds of this process per step (all threads): less sensitive than wall time to other work sharing
+        # the machine (but it counts the threads' spin-waits)
+        "cpu_s_per_step": cpu / args.steps,
         "objective": cfg.objective.name, "model": cfg.model.path, "batch_size": cfg.train.batch_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
@@ -126,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     for k, v in med.items():
         print(f"{k:<22}{v:>16.3f}")
     print(f"{mem_key:<22}{mem:>16.1f}")
+    print(f"{'cpu_s_per_step':<22}{cpu / args.steps:>16.3f}")
     with open(args.out, "a") as f:
         f.write(json.dumps(result) + "\n")
     return result

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import os
 import re
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -205,6 +206,7 @@ RANGE_RULES: list[tuple[str, object, str]] = [
     ("train.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("train.adam_eps", lambda v: v > 0, "> 0"),
     ("train.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("train.adamw_impl", lambda v: v in ("foreach", "fused", "for-loop"), "one of foreach, fused, for-loop"),
     ("train.max_grad_norm", lambda v: v > 0,
      "> 0 (gradients are always clipped to this norm, and 0 would clip every update to nothing; for no clipping "
      "use a large value such as 1e9)"),
@@ -216,6 +218,20 @@ RANGE_RULES: list[tuple[str, object, str]] = [
      "> 0 (training rollouts always sample; for greedy evaluation set eval.do_sample=false)"),
     ("generation.top_k", lambda v: v >= 0, ">= 0 (0 = off)"),
     ("generation.top_p", lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),
+    ("generation.backend", lambda v: v in ("hf", "vllm"),
+     "one of hf, vllm (hf: transformers generate; vllm: a colocated vLLM engine, docs/rollout.md)"),
+    ("generation.vllm.gpu_memory_utilization", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("generation.vllm.kv_cache_gb", lambda v: _is_number(v) and v > 0, "> 0 or null (null = gpu_memory_utilization's share on GPU, "
+                                                      "1 GiB on CPU)"),
+    ("generation.vllm.tensor_parallel_size", lambda v: v == 1,
+     "1: each training process holds its own whole engine (TRL's colocate mode shards one engine over a group of "
+     "training processes; that is not implemented here, docs/rollout.md)"),
+    ("generation.vllm.max_model_len", lambda v: _is_int(v) and v >= 1,
+     "an integer >= 1 or null (null = the model's position limit)"),
+    ("generation.vllm.dtype", lambda v: v in ("auto", "float32", "bfloat16", "float16"),
+     "one of auto, float32, bfloat16, float16 (auto = model.dtype)"),
+    ("generation.vllm.importance_cap", lambda v: v >= 1,
+     ">= 1 (importance weights are min(pi_old / pi_vllm, cap); verl and OpenRLHF use 2)"),
     ("eval.every", lambda v: v >= 0, ">= 0 (0 = only at the start and the end)"),
     ("eval.batch_size", lambda v: v >= 1, ">= 1"),
     ("eval.num_samples_to_log", lambda v: v >= 0, ">= 0"),
@@ -336,3 +352,19 @@ def validate(cfg: DictConfig) -> None:
                           f"({g.max_new_tokens}).")
     _check_precision(cfg)
     _check_reward_kwargs(cfg)
+    _check_backend(cfg)
+
+
+def _check_backend(cfg: DictConfig) -> None:
+    """``generation.vllm.importance_correction`` corrects the gap between a separate sampler and the trainer:
+    only ``generation.backend=vllm`` has one."""
+    g = cfg.get("generation") or {}
+    if g.get("backend") == "vllm":
+        from rlhf_exp.rollout.vllm_engine import INSTALL_HINT, vllm_available
+
+        if not vllm_available():
+            raise ConfigError(f"{INSTALL_HINT} (vllm is not installed in {sys.prefix}).")
+    if (g.get("vllm") or {}).get("importance_correction") and g.get("backend", "hf") != "vllm":
+        raise ConfigError(f"generation.vllm.importance_correction=true needs generation.backend=vllm (with "
+                          f"generation.backend={g.get('backend')} the sampler is the trained model itself: there is "
+                          f"no sampler/trainer gap to correct).")

@@ -17,7 +17,7 @@ def test_benchmark_reports_speed_and_memory(tmp_path):
     # the reported rate is the configured batch over the measured step time (1 step: the median is that step)
     assert result["batch_size"] == 8
     assert result["perf/samples_per_s"] == pytest.approx(8 / result["perf/step_s"], rel=1e-6)
-    assert result["perf/gen_s"] > 0 and result["perf/update_s"] > 0
+    assert result["perf/gen_s"] > 0 and result["perf/update_s"] > 0 and result["cpu_s_per_step"] > 0
 
 
 def test_qwen2_shaped_model_for_real_vocabulary_benchmarks(tmp_path):
@@ -38,3 +38,21 @@ def test_qwen2_shaped_model_for_real_vocabulary_benchmarks(tmp_path):
     result = main(["--qwen2-shaped", str(d), "--steps", "1", "--out", str(out), "train.batch_size=4",
                    "train.mini_batch_size=4", "train.epochs=1", "generation.max_new_tokens=4", "dataset.eval_size=4"])
     assert result["model"] == str(d) and f"model.path={d}" in json.loads(out.read_text())["overrides"]
+
+
+def test_peer_mode_runs_trl_grpo_on_the_same_work(tmp_path):
+    """--peer: a tiny interleaved run of our GRPO step and TRL's GRPOTrainer step (1 timed step each after a
+    warm-up); both times are recorded with their ratio, and a config TRL cannot run the same way is refused."""
+    pytest.importorskip("trl")
+    out = tmp_path / "peer.jsonl"
+    result = main(["--peer", "--steps", "1", "--out", str(out), "train.batch_size=8", "generation.max_new_tokens=4",
+                   "generation.min_new_tokens=4", "dataset.eval_size=8", "kl.kl_coef=0.04"])
+    saved = json.loads(out.read_text())
+    assert saved["batch_size"] == 8 and saved["group_size"] == 4 and saved["beta"] == 0.04
+    assert len(saved["ours_step_s_all"]) == len(saved["trl_step_s_all"]) == 2   # warm-up + 1, interleaved
+    assert result["ours_step_s"] > 0 and result["trl_step_s"] > 0 and result["ours_cpu_s"] > 0
+    assert result["trl_over_ours"] == pytest.approx(result["trl_step_s"] / result["ours_step_s"])
+    assert result["peer"].startswith("trl ") and "GRPOTrainer" in result["peer"] and result["ours_gen_s"] > 0
+    with pytest.raises(ValueError, match="generation.min_new_tokens=2 != max_new_tokens=4"):
+        main(["--peer", "--steps", "1", "--out", str(out), "train.batch_size=8", "generation.max_new_tokens=4",
+              "generation.min_new_tokens=2"])

@@ -263,9 +263,9 @@ def test_dynamic_sampling_drops_equal_reward_groups_and_refills(tmp_path, monkey
 def test_mask_truncated_completions_in_the_loop(tmp_path, monkeypatch):
     """With every response flagged as cut at its length limit, mask_truncated_completions leaves nothing to learn
     from: zero gradient; without the option the same run has a gradient."""
-    import rlhf_exp.train.evaluation as evaluation
+    import rlhf_exp.rollout.collect as collect
 
-    monkeypatch.setattr(evaluation, "ends_with_eos", lambda ids, mask, eos: torch.zeros(ids.shape[0], dtype=torch.bool))
+    monkeypatch.setattr(collect, "ends_with_eos", lambda ids, mask, eos: torch.zeros(ids.shape[0], dtype=torch.bool))
     for flag in (True, False):
         run(compose(SMALL + ["objective=grpo", "objective.group_size=4", "train.steps=1",
                              f"objective.mask_truncated_completions={str(flag).lower()}"]), tmp_path / str(flag))

@@ -23,6 +23,8 @@ group_ids      (B,)      index of the prompt group (``G`` completions of one pro
 ends_with_eos  (B,)      1 where the response ended with EOS, 0 where it was cut at its length limit
 baseline_scores (B,)     the task reward of the greedy response to the same prompt (objectives with
                          ``needs_greedy_baseline``, e.g. ReMax), preprocessed like ``scores``
+tis_weight     (B, T)    truncated importance weights ``min(pi_old / pi_sampler, C)`` of a separate sampler
+                         (``generation.vllm.importance_correction``): they scale each token's policy term
 ============== ========= =================================================================
 
 ``compute_advantages`` adds ``advantages`` (and ``returns`` for a critic); ``loss`` sees minibatches of that dict.
@@ -55,6 +57,9 @@ class OnlineObjective:
     default_kl_in_reward = True  # where the KL penalty goes unless kl.in_reward says otherwise
     default_kl_estimator = "k1"
     needs_greedy_baseline = False  # the loop adds ``baseline_scores``: the reward of a greedy response per prompt
+    # the policy term is a sum of per-token terms ``-A_t * f(ratio_t)`` (advantages (B,) broadcast to tokens, or
+    # (B, T)), so a per-token importance weight scales it by scaling the advantages; False for sequence ratios
+    token_level_policy_loss = True
 
     def __init__(self, cfg: Mapping[str, Any], kl_cfg: Mapping[str, Any], max_new_tokens: Optional[int] = None):
         self.cfg = cfg
@@ -131,6 +136,22 @@ class OnlineObjective:
             out["advantages"] = adv * (keep if adv.dim() == 1 else keep.unsqueeze(1)).to(adv.dtype)
         return out
 
+    def importance_corrected(self, mb: Batch) -> Batch:
+        """Truncated importance sampling (``generation.vllm.importance_correction``): a copy of the minibatch whose
+        ``advantages`` are multiplied per token by ``mb["tis_weight"]`` ``(b, T)`` (sequence advantages ``(b,)`` are
+        broadcast to their tokens first). For a per-token clipped surrogate ``max(-A r, -A clip(r))`` (and its dual
+        clip) a non-negative weight ``w`` gives ``w * max(...)``: verl's and TRL's ``pg_loss * tis_weight``. Only the
+        policy term sees it (the KL, entropy and value terms do not use ``advantages``)."""
+        if not self.token_level_policy_loss:
+            raise ValueError(f"generation.vllm.importance_correction=true weights per-token policy terms; "
+                             f"objective={self.name} here uses a sequence-level ratio. Set "
+                             f"generation.vllm.importance_correction=false.")
+        w = mb["tis_weight"]
+        adv = mb["advantages"]
+        out = dict(mb)
+        out["advantages"] = (adv.unsqueeze(1) if adv.dim() == 1 else adv) * w.to(adv.dtype)
+        return out
+
     @property
     def needs_entropy_grad(self) -> bool:
         return self.entropy_coef != 0.0
@@ -156,6 +177,8 @@ class OnlineObjective:
         """
         if self.mask_truncated:
             mb = self.exclude_truncated(mb)
+        if "tis_weight" in mb:
+            mb = self.importance_corrected(mb)
         mask = mb["response_mask"]
         loss, stats = self.policy_loss(out, mb)
         stats = dict(stats)

@@ -21,6 +21,7 @@ class PPOSeq(OnlineObjective):
     name = "ppo_seq"
     default_kl_in_reward = True
     default_kl_estimator = "k1"
+    token_level_policy_loss = False   # the sequence ratio: no per-token importance weights
 
     def __init__(self, cfg, kl_cfg, max_new_tokens=None):
         super().__init__(cfg, kl_cfg, max_new_tokens)

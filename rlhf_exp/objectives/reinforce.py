@@ -53,6 +53,10 @@ class Reinforce(OnlineObjective):
     def needs_value(self) -> bool:  # type: ignore[override]
         return self.baseline == "value"
 
+    @property
+    def token_level_policy_loss(self) -> bool:  # type: ignore[override]
+        return not self.importance_weighting   # its sequence weights multiply (B,) advantages
+
     def compute_advantages(self, batch: Batch, kl_coef: float, reduce: Reduce = None) -> Stats:
         R = self.sequence_rewards(batch, kl_coef)
         ones = torch.ones_like(R)

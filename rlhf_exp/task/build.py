@@ -207,6 +207,21 @@ def gpt2_config(cfg: BuildConfig, tokenizer, **extra):
                       tie_word_embeddings=True, **cfg.model, **extra)
 
 
+# The activation the shipped configs name. Training runs with GPT-2's default ``gelu_new`` (the weights of the
+# shipped build were trained with it, and this build reproduces them byte for byte); ``gelu_pytorch_tanh`` is the same
+# tanh approximation of GELU as one fused op (max |logit difference| on the embedded policy 6.7e-6; a forward and
+# backward about 20 % faster: docs/performance.md).
+SHIPPED_ACTIVATION = "gelu_pytorch_tanh"
+
+
+def use_fused_gelu(config_json: Path) -> None:
+    """Rewrite a saved GPT-2 ``config.json`` from ``gelu_new`` to :data:`SHIPPED_ACTIVATION` (same formula, fused)."""
+    spec = json.loads(config_json.read_text())
+    if spec.get("activation_function") == "gelu_new":
+        spec["activation_function"] = SHIPPED_ACTIVATION
+        config_json.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+
+
 def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
@@ -423,6 +438,8 @@ def _build(out: Path, cfg: BuildConfig, quick: bool) -> dict:
         for s in samples:
             print(f"   {s['positive_logit']:+.2f}  {s['prompt']!r} -> {s['completion']!r}")
 
+    for d in ("policy", "reward"):
+        use_fused_gelu(out / d / "config.json")
     files = {str(p.relative_to(out)): sha256(p) for p in sorted(out.rglob("*"))
              if p.is_file() and p.name != "manifest.json"}
     manifest = _round({

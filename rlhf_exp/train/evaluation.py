@@ -1,20 +1,27 @@
-"""Generation, scoring and the held-out policy evaluation, shared by the online and the offline loop.
+"""The held-out policy evaluation, logging and the end of a run, shared by the online and the offline loop.
 
-:class:`PolicyEvaluation` is a mixin: the loop that uses it sets the attributes below in its ``__init__`` and calls
-:meth:`_init_sampling`; then :meth:`rollout` samples and scores a batch, :meth:`evaluate` measures reward and exact
-KL to the reference on the fixed held-out prompts (the same draws at every evaluation), :meth:`_record` logs, and
-:meth:`finish` writes ``summary.json``. Because PPO and DPO runs are evaluated by this same code, their
-``eval/reward_mean`` and ``eval/kl`` land on one reward-vs-KL plot.
+:class:`PolicyEvaluation` is a mixin of the two loops. What it needs from its host, in order:
 
-Attributes the host sets: ``cfg``, ``acc`` (accelerate), ``device``, ``world``, ``rank``, ``is_main``, ``reduce``,
-``tokenizer``, ``eos_id``, ``pad_id``, ``policy`` (a prepared :class:`~rlhf_exp.modeling.PolicyModel`), ``ref``,
-``reward``, ``objective`` (``name``, ``needs_value``), ``kl_ctl`` (``name``), ``eval_prompts``, ``forward_bs``,
-``tracker``, ``history`` and ``output_dir``.
+* :meth:`_init_process` (the config, the run folder, the tracker and this process's place in the run: ``cfg``,
+  ``output_dir``, ``tracker``, ``acc``, ``device``, ``world``, ``rank``, ``is_main``, ``reduce``) and
+  :meth:`_init_tokenizer` (``tokenizer``, ``eos_id``, ``pad_id``);
+* ``eval_prompts`` then :meth:`_init_sampling` (the training and evaluation samplers, the eval lengths);
+* ``policy`` (the prepared :class:`~rlhf_exp.modeling.PolicyModel`), ``ref``, ``reward``, ``objective``
+  (``name``, ``needs_value``), ``forward_bs``, then :meth:`_init_rollout`, which builds the explicit rollout
+  objects the loops hold: ``engine`` (the :class:`~rlhf_exp.rollout.engine.RolloutEngine` that
+  ``generation.backend`` names), ``scorer`` (:class:`~rlhf_exp.rollout.scoring.Scorer`: the no-grad log-probs,
+  values and reference pass) and ``collector`` (:class:`~rlhf_exp.rollout.collect.RolloutCollector`: generate,
+  reward, score);
+* ``kl_ctl`` (``name``) and ``history`` for :meth:`finish`.
+
+Then :meth:`rollout` samples and scores a batch, :meth:`evaluate` measures reward and exact KL to the reference on the
+fixed held-out prompts (the same draws at every evaluation), :meth:`_record` logs, and :meth:`finish` writes
+``summary.json``. Because PPO and DPO runs are evaluated by this same code, their ``eval/reward_mean`` and
+``eval/kl`` land on one reward-vs-KL plot.
 """
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
@@ -22,21 +29,17 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from rlhf_exp.core.kl import full_kl_from_logits
 from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt
-from rlhf_exp.distributed import even_chunks, mean_over_ranks, model_for_generation, synchronize
-from rlhf_exp.metrics import ends_with_eos, text_monitors
-from rlhf_exp.modeling import PolicyModel, eos_token_ids, load_tokenizer, score_responses
-from rlhf_exp.rollout import SamplingSettings, generate, pad_left, sample_lengths
+from rlhf_exp.distributed import even_chunks, mean_over_ranks
+from rlhf_exp.metrics import text_monitors
+from rlhf_exp.modeling import PolicyModel, eos_token_ids, load_tokenizer
+from rlhf_exp.rollout import SamplingSettings, sample_lengths
+from rlhf_exp.rollout.collect import RolloutCollector
+from rlhf_exp.rollout.engine import build_engine
+from rlhf_exp.rollout.scoring import Scorer
 from rlhf_exp.train.checkpoint import atomic_dir
 from rlhf_exp.train.common import make_accelerator, save_policy
-
-
-def _synced_elapsed(device, t0: float) -> float:
-    """Seconds since ``t0`` once the device's queued work is done."""
-    synchronize(device)
-    return time.perf_counter() - t0
 
 
 class PolicyEvaluation:
@@ -80,6 +83,26 @@ class PolicyEvaluation:
         g = torch.Generator().manual_seed(int(ecfg.seed))
         self.eval_lengths = sample_lengths(len(self.eval_prompts), self.eval_sampling, g)
 
+    def _init_rollout(self) -> None:
+        """The rollout objects the loops hold: ``engine`` (``generation.backend``), ``scorer`` and ``collector``.
+        Needs the prepared ``policy``, ``ref``, ``reward``, ``objective``, ``forward_bs``, ``tokenizer`` and
+        ``pad_id``."""
+        self.engine = build_engine(self.cfg, self.acc, self.policy, self.tokenizer, self.stop_ids, self.pad_id)
+        self.scorer = Scorer(self.policy, self.ref, self.forward_bs, self.objective.needs_value)
+        self.collector = RolloutCollector(self.engine, self.scorer, self.reward, self.tokenizer, self.pad_id,
+                                          self.stop_ids, self.device)
+        self._engine_step: Optional[int] = None
+
+    def _sync_engine(self, step: int) -> None:
+        """Make the engine sample from the policy as trained through ``step`` (wake it, push the weights); a no-op
+        when it already does. The online loop calls it after each step's updates (and once on (re)start), the
+        evaluation before it generates. ``generation.backend=hf`` samples from the live policy: nothing is copied."""
+        if self._engine_step == step:
+            return
+        self.engine.wake()
+        self.engine.sync_weights(self.policy)
+        self._engine_step = step
+
     # ------------------------------------------------------------------------------------------ helpers
     @property
     def unwrapped(self) -> PolicyModel:
@@ -101,84 +124,23 @@ class PolicyEvaluation:
         _, _, var = masked_moments(x.float(), torch.ones_like(x, dtype=torch.float), self.reduce)
         return float(var.sqrt())
 
-    @torch.no_grad()
     def _forward_chunks(self, model, batch: Mapping[str, torch.Tensor], temperature: float, *, entropy=False,
                         values=False, logits=False) -> dict[str, torch.Tensor]:
-        """No-grad forward over the batch in chunks of ``train.forward_batch_size``; returns concatenated outputs."""
-        parts = defaultdict(list)
-        B = batch["prompt_ids"].shape[0]
-        for s in range(0, B, self.forward_bs):
-            sl = slice(s, s + self.forward_bs)
-            out = score_responses(model, batch["prompt_ids"][sl], batch["prompt_mask"][sl], batch["response_ids"][sl],
-                                  batch["response_mask"][sl], temperature, return_entropy=entropy,
-                                  return_values=values, return_logits=logits)
-            parts["logprobs"].append(out.logprobs)
-            if entropy:
-                parts["entropy"].append(out.entropy)
-            if values:
-                parts["values"].append(out.values.float())
-            if logits:
-                parts["logits"].append(out.logits)
-        return {k: torch.cat(v) for k, v in parts.items()}
+        """No-grad forward over the batch in chunks of ``train.forward_batch_size`` (:meth:`Scorer.forward_chunks`)."""
+        return self.scorer.forward_chunks(model, batch, temperature, entropy=entropy, values=values, logits=logits)
 
     def _full_kl(self, batch: Mapping[str, torch.Tensor], temperature: float) -> torch.Tensor:
-        """Exact per-token KL(policy || reference) over the vocabulary, chunked. ``(B, T)``."""
-        out = []
-        B = batch["prompt_ids"].shape[0]
-        for s in range(0, B, self.forward_bs):
-            sub = {k: batch[k][s:s + self.forward_bs] for k in ("prompt_ids", "prompt_mask", "response_ids",
-                                                                "response_mask")}
-            lp = self._forward_chunks(self.policy, sub, temperature, logits=True)["logits"]
-            lq = self._forward_chunks(self.ref, sub, temperature, logits=True)["logits"]
-            out.append(full_kl_from_logits(lp, lq))
-        return torch.cat(out)
+        """Exact per-token KL(policy || reference) over the vocabulary, chunked (:meth:`Scorer.full_kl`). ``(B, T)``."""
+        return self.scorer.full_kl(batch, temperature)
 
     # ------------------------------------------------------------------------------------------ rollout
     def rollout(self, prompts: list[Prompt], lengths: torch.Tensor, sampling: SamplingSettings,
-                score_with_ref: bool = True, entropy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Generate, score and compute log-probs (and the entropy, when ``entropy``) for a batch of prompts.
-        Returns the batch and text/extras."""
-        self.policy.eval()
-        prompt_ids, prompt_mask = pad_left([p.ids for p in prompts], self.pad_id, self.device)
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        # under mixed precision the sampler runs in the precision the policy is scored in (accelerate's autocast)
-        with model_for_generation(self.acc, self.policy) as unwrapped, self.acc.autocast():
-            response_ids, response_mask = generate(unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths,
-                                                   self.stop_ids, self.pad_id)
-        synchronize(self.device)
-        gen_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        completion_ids = [ids[m.bool()].tolist() for ids, m in zip(response_ids.cpu(), response_mask.cpu())]
-        completions = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids]
-        prompt_texts = [p.text for p in prompts]
-        columns: dict[str, list] = defaultdict(list)
-        for p in prompts:
-            for k, v in p.columns.items():
-                columns[k].append(v)
-        reward_out = self.reward(prompt_texts, completions, completion_ids=completion_ids, **columns)
-        batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
-                 "response_mask": response_mask}
-        pol = self._forward_chunks(self.policy, batch, sampling.temperature, entropy=entropy,
-                                   values=self.objective.needs_value)
-        batch["old_logprobs"] = pol["logprobs"]
-        if entropy:
-            batch["entropy"] = pol["entropy"]
-        if "values" in pol:
-            batch["old_values"] = pol["values"]
-        if score_with_ref:
-            batch["ref_logprobs"] = self._forward_chunks(self.ref, batch, sampling.temperature)["logprobs"]
-        batch["raw_scores"] = reward_out.scores.to(self.device)
-        if reward_out.token_scores is not None:
-            ts = reward_out.token_scores.to(self.device)
-            T = response_ids.shape[1]
-            if ts.shape[1] < T:
-                ts = torch.nn.functional.pad(ts, (0, T - ts.shape[1]))
-            batch["token_scores"] = ts[:, :T] * response_mask
-        info = {"prompts": prompt_texts, "completions": completions, "extras": reward_out.extras, "gen_s": gen_s,
-                "score_s": _synced_elapsed(self.device, t0),
-                "ends_with_eos": ends_with_eos(response_ids, response_mask, self.stop_ids)}
-        return batch, info
+                score_with_ref: bool = True, entropy: bool = True, score_policy: bool = True
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Generate, score and compute log-probs (and the entropy, when ``entropy``) for a batch of prompts
+        (:meth:`RolloutCollector.collect`). Returns the batch and text/extras. ``score_policy=False`` skips the
+        policy's no-grad forward (no ``old_logprobs``, ``entropy``, ``old_values``: the update's forward gives them)."""
+        return self.collector.collect(prompts, lengths, sampling, score_with_ref, entropy, score_policy=score_policy)
 
     def _completion_monitors(self, prefix: str, completions: list[str], eos_ended: torch.Tensor) -> dict[str, float]:
         """Reward-hacking monitors of a batch (see :mod:`rlhf_exp.metrics`), for train and eval alike.
@@ -200,6 +162,7 @@ class PolicyEvaluation:
     def evaluate(self, step: int) -> dict[str, float]:
         """Reward and KL on the fixed held-out prompts, with the same random draws at every evaluation."""
         ecfg = self.cfg.eval
+        self._sync_engine(step)
         prompts = self.eval_prompts[self.rank::self.world]
         lengths = self.eval_lengths[self.rank::self.world]
         scores, kls, kls_k1, lens, completions, prompt_texts, eos_ended = [], [], [], [], [], [], []

@@ -32,6 +32,7 @@ from rlhf_exp.objectives.reward_modelling import REWARD_MODEL_DIR
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
+from rlhf_exp.train.optim import make_adamw
 from rlhf_exp.train.common import NonFiniteLossError, advance_bar, batch_geometry_of, progress_bar
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line
 
@@ -85,16 +86,15 @@ class OfflineTrainer(PolicyEvaluation):
             self.eval_prompts = offline_eval_prompts(cfg.dataset, self.tokenizer, raw.eval)
             self._init_sampling(cfg)
 
-        self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=tcfg.lr, betas=tuple(tcfg.adam_betas),
-            eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay,
-        )
+        self.optimizer = make_adamw(model.parameters(), tcfg)   # train.adamw_impl: rlhf_exp.train.optim
         from transformers import get_scheduler
 
         self.scheduler = get_scheduler(tcfg.lr_schedule, self.optimizer, num_warmup_steps=tcfg.warmup_steps,
                                        num_training_steps=tcfg.steps * self.geometry.optimizer_steps)
         self.model, self.optimizer = self.acc.prepare(model, self.optimizer)
         self.policy = self.model          # the name the shared evaluation uses
+        if obj.trains_policy:
+            self._init_rollout()          # the evaluation's engine (generation.backend), scorer, collector
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.summary_keys = tuple(f"eval/{k}" for k in obj.summary_stats)
 

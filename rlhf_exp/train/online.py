@@ -32,8 +32,10 @@ from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
+from rlhf_exp.train.batching import fill_from_update, old_logprobs_from_update, trim_padding
 from rlhf_exp.train.common import NonFiniteLossError, RunningMoments, advance_bar, batch_geometry_of, progress_bar
 from rlhf_exp.train.evaluation import PolicyEvaluation, summary_line  # noqa: F401  (summary_line: re-exported)
+from rlhf_exp.train.optim import make_adamw
 
 
 class OnlineTrainer(PolicyEvaluation):
@@ -76,10 +78,7 @@ class OnlineTrainer(PolicyEvaluation):
         kcfg = cfg.kl
         self.kl_ctl = make_kl_controller(kcfg.controller, kcfg.kl_coef, kcfg.get("target"), kcfg.get("horizon"))
 
-        self.optimizer = torch.optim.AdamW(
-            [p for p in policy.parameters() if p.requires_grad], lr=tcfg.lr, betas=tuple(tcfg.adam_betas),
-            eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay,
-        )
+        self.optimizer = make_adamw(policy.parameters(), tcfg)   # train.adamw_impl: rlhf_exp.train.optim
         n_updates = tcfg.steps * tcfg.epochs * self.geometry.optimizer_steps
         from transformers import get_scheduler
 
@@ -88,7 +87,13 @@ class OnlineTrainer(PolicyEvaluation):
         self.policy, self.optimizer = self.acc.prepare(policy, self.optimizer)
         self.reward_moments = RunningMoments() if cfg.reward.normalize else None
         self.forward_bs = int(tcfg.forward_batch_size)
+        # one optimizer step per rollout batch and advantages that do not read the old log-probs: the update's own
+        # forward gives them (detached), and the rollout skips its no-grad policy forward (rlhf_exp.train.batching)
+        self.old_logprobs_from_update = old_logprobs_from_update(
+            self.objective, int(tcfg.epochs), self.mini_batch, self.local_batch,
+            separate_sampler=str(cfg.generation.get("backend", "hf")) != "hf")
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._init_rollout()     # engine (generation.backend), scorer, collector
 
     def _preprocess_scores(self, raw: torch.Tensor, token_scores: Optional[torch.Tensor] = None,
                            mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -119,6 +124,27 @@ class OnlineTrainer(PolicyEvaluation):
         scores, ts = preprocess_scores(base["raw_scores"], float(rcfg.scale), rcfg.clip, mean, std,
                                        base.get("token_scores"), mask)
         return scores if ts is None else (ts * mask).sum(dim=1)
+
+    def _sampler_correction(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """A separate sampler's log-probs (``generation.backend=vllm``): log ``rollout_logprob_gap``, the mean
+        ``|log pi_old - log pi_sampler|`` over the response tokens of the global batch, and with
+        ``generation.vllm.importance_correction`` add ``tis_weight`` (truncated importance weights) to the batch.
+        Nothing for a sampler that is the trained model itself (``hf``)."""
+        if "sampler_logprobs" not in batch:
+            return {}
+        from rlhf_exp.rollout.correction import logprob_gap, truncated_importance_weights
+
+        old, samp, mask = batch["old_logprobs"], batch["sampler_logprobs"], batch["response_mask"]
+        fmask = mask.float()
+        stats = {"rollout_logprob_gap": float(masked_moments(logprob_gap(old, samp, mask), fmask, self.reduce)[1])}
+        vcfg = self.cfg.generation.vllm
+        if vcfg.importance_correction:
+            cap = float(vcfg.importance_cap)
+            w = truncated_importance_weights(old, samp, mask, cap)
+            batch["tis_weight"] = w
+            stats["tis_weight_mean"] = float(masked_moments(w, fmask, self.reduce)[1])
+            stats["tis_capped_frac"] = float(masked_moments((w >= cap).float(), fmask, self.reduce)[1])
+        return stats
 
     def _draw_prompts(self) -> tuple[list[Prompt], torch.Tensor]:
         """This process's prompts (each repeated ``group_size`` times) and response lengths for one global batch:
@@ -188,17 +214,16 @@ class OnlineTrainer(PolicyEvaluation):
         if self.objective.dynamic_sampling:
             prompts, lengths, batch, info, ds_stats = self._dynamic_sampling_rollout(prompts, lengths)
         else:
-            batch, info = self.rollout(prompts, lengths, self.sampling)
+            skip = {"score_policy": False} if self.old_logprobs_from_update else {}
+            batch, info = self.rollout(prompts, lengths, self.sampling, **skip)
             ds_stats = {}
         batch["ends_with_eos"] = info["ends_with_eos"].to(self.device).float()
         mask = batch["response_mask"]
         fmask = mask.float()
-        if self.objective.kl_estimator == "full":
-            full = self._full_kl(batch, self.sampling.temperature)
+        if self.old_logprobs_from_update:   # the KL is not in the reward: the advantages do not read it
+            batch["kl"] = torch.zeros_like(fmask)
         else:
-            full = None
-        log_ratio = batch["old_logprobs"] - batch["ref_logprobs"]
-        batch["kl"] = per_token_kl(self.objective.kl_estimator, batch["old_logprobs"], batch["ref_logprobs"], full)
+            log_ratio, batch["kl"] = self._kl_terms(batch)
         batch["scores"], token_scores = self._preprocess_scores(batch["raw_scores"], batch.get("token_scores"), fmask)
         if token_scores is not None:
             batch["token_scores"] = token_scores
@@ -207,14 +232,19 @@ class OnlineTrainer(PolicyEvaluation):
             batch["baseline_scores"] = self._greedy_baseline_scores(prompts, lengths)
             ds_stats["greedy_reward_mean"] = float(batch["baseline_scores"].mean())
         kl_coef = self.kl_ctl.value
-        adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.reduce), **ds_stats}
+        adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.reduce), **ds_stats,
+                     **self._sampler_correction(batch)}
 
         # ---- updates
+        self.engine.sleep()                   # generation.vllm.enable_sleep_mode: free the KV cache while training
         synchronize(self.device)
         t_up = time.perf_counter()
         mstats = self.update(batch, kl_coef, step)
         synchronize(self.device)
         update_s = time.perf_counter() - t_up
+        if self.old_logprobs_from_update:   # old log-probs and entropy came from the update's forward
+            log_ratio, batch["kl"] = self._kl_terms(batch)
+        self._sync_engine(step)               # the next rollout samples from the updated policy
 
         # ---- KL control and metrics (over the global batch)
         seq_kl = (log_ratio * fmask).sum(dim=1)
@@ -247,6 +277,13 @@ class OnlineTrainer(PolicyEvaluation):
                   "perf/tokens_per_s": float(fmask.sum()) * self.world / step_s})
         return mean_over_ranks(self.acc, m)
 
+    def _kl_terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log pi_old - log pi_ref`` (what ``train/kl`` and the controller see) and the per-token KL estimate
+        ``kl.estimator`` of the scored batch. ``(B, T)`` each."""
+        full = self._full_kl(batch, self.sampling.temperature) if self.objective.kl_estimator == "full" else None
+        log_ratio = batch["old_logprobs"] - batch["ref_logprobs"]
+        return log_ratio, per_token_kl(self.objective.kl_estimator, batch["old_logprobs"], batch["ref_logprobs"], full)
+
     def update(self, batch: dict[str, torch.Tensor], kl_coef: float, step: int = 0) -> dict[str, list[float]]:
         """``train.epochs`` passes of shuffled optimizer steps over this process's share of a scored batch.
 
@@ -264,6 +301,11 @@ class OnlineTrainer(PolicyEvaluation):
         B = mask.shape[0]
         keys = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (B,)]
         by_tokens = self.objective.loss_aggregation == "token-mean"
+        from_update = self.old_logprobs_from_update
+        if from_update:   # filled below from the (single) optimizer step's forwards
+            batch["old_logprobs"] = torch.zeros_like(mask, dtype=torch.float)
+            batch["entropy"] = torch.zeros_like(mask, dtype=torch.float)
+            keys = [k for k in keys if k not in ("old_logprobs", "entropy")]
         for epoch in range(tcfg.epochs):
             perm = torch.randperm(B, generator=self.shuffle_gen).to(self.device)
             minis = [perm[s:s + self.mini_batch] for s in range(0, B, self.mini_batch)]
@@ -276,13 +318,15 @@ class OnlineTrainer(PolicyEvaluation):
                 bad_loss = None
                 for s in range(0, len(idx_mini), geo.local_micro):
                     idx = idx_mini[s:s + geo.local_micro]
-                    mb = {k: batch[k][idx] for k in keys}
+                    mb = trim_padding({k: batch[k][idx] for k in keys})   # its own longest prompt + response
                     with self.acc.accumulate(self.policy):
                         out = score_responses(self.policy, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
                                               mb["response_mask"], self.sampling.temperature,
                                               return_entropy=self.objective.needs_entropy_grad,
                                               return_values=self.objective.needs_value,
-                                              return_logits=self.objective.needs_full_logits)
+                                              return_logits=self.objective.needs_full_logits or from_update)
+                        if from_update:
+                            fill_from_update(batch, idx, mb, out)
                         ref_full = None
                         if self.objective.needs_full_logits:
                             ref_logits = self._forward_chunks(self.ref, mb, self.sampling.temperature,
@@ -328,6 +372,7 @@ class OnlineTrainer(PolicyEvaluation):
     def train(self) -> dict[str, Any]:
         tcfg, ecfg = self.cfg.train, self.cfg.eval
         start, t_start = checkpoint.begin(self)      # 0, or the step of the checkpoint this run resumes from
+        self._sync_engine(start)
         if start == 0:
             self._record(self.evaluate(0), 0)
         bar = progress_bar(self.objective.name, tcfg.steps, self.is_main, initial=start)

@@ -1,4 +1,5 @@
-"""Batched generation: left-padded prompts in, right-padded responses and their masks out.
+"""Batched generation with Hugging Face ``generate``: left-padded prompts in, right-padded responses and their masks
+out; the sampling settings and the padding helpers every backend shares.
 
 One ``generate`` call per batch. Sampling is pure by default (``top_k=0``, ``top_p=1.0``), so the sampler is exactly
 the policy ``softmax(logits / temperature)`` that the loss scores. Each response is cut at a length drawn per sample

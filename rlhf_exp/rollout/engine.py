@@ -1,0 +1,108 @@
+"""The rollout engine: what samples responses for the loops (``generation.backend``).
+
+An engine turns a left-padded prompt batch into right-padded responses, under the loop's
+:class:`~rlhf_exp.rollout.sampling.SamplingSettings` and per-sample length limits:
+
+* ``generate(prompt_ids, prompt_mask, sampling, lengths) -> Generation`` (responses, their mask, and the sampler's own
+  log-probs when the backend is a separate copy of the policy);
+* ``sync_weights(policy)``: called by the loops after every optimizer phase (and once before the first rollout), so
+  that the next ``generate`` samples from the trained policy;
+* ``sleep()`` / ``wake()``: free and restore the engine's memory around the updates (no-ops where unsupported).
+
+Every engine keeps the trainer's response contract (:mod:`rlhf_exp.rollout.sampling`): each response is cut at its
+length limit or just after its first stop id (the tokenizer's EOS and the model's ``generation_config.json`` EOS ids),
+which stays in the response once; everything after is ``pad_id`` with mask 0.
+
+Backends: ``hf`` (:class:`HFGenerator`, Hugging Face ``generate`` on the trained model itself) and ``vllm``
+(:class:`~rlhf_exp.rollout.vllm_engine.VLLMGenerator`, a colocated in-process vLLM engine). docs/rollout.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from rlhf_exp.rollout.sampling import SamplingSettings, generate
+
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class Generation:
+    """One generated batch.
+
+    ``response_ids (B, T)`` long, right-padded with ``pad_id``; ``response_mask (B, T)`` long (1 on real tokens);
+    ``logprobs (B, T)`` float: the sampler's own log-probs of the response tokens (temperature applied), 0 at padding,
+    or None when the sampler is the trained model itself (``hf``: they are the scorer's ``old_logprobs``).
+    """
+
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: Optional[torch.Tensor] = None
+
+
+class RolloutEngine:
+    """The interface the loops use; see the module docstring."""
+
+    name = "base"
+
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingSettings,
+                 lengths: torch.Tensor) -> Generation:
+        """Sample one response per row. ``prompt_ids``, ``prompt_mask``: ``(B, P)`` left-padded; ``lengths``:
+        ``(B,)`` per-sample length limits (:func:`~rlhf_exp.rollout.sampling.sample_lengths`)."""
+        raise NotImplementedError
+
+    def sync_weights(self, policy) -> None:
+        """Make the next ``generate`` sample from ``policy`` (a prepared :class:`~rlhf_exp.modeling.PolicyModel`)."""
+
+    def sleep(self) -> None:
+        """Free the engine's memory while the policy is updated (no-op where unsupported)."""
+
+    def wake(self) -> None:
+        """Undo :meth:`sleep` before the next ``generate`` (no-op where unsupported)."""
+
+
+class HFGenerator(RolloutEngine):
+    """Hugging Face ``generate`` on the trained policy itself: one call per batch, under accelerate's autocast (the
+    precision the policy is scored in), with the full parameters of a sharded model gathered
+    (:func:`~rlhf_exp.distributed.model_for_generation`). It samples from the live policy, so ``sync_weights`` has
+    nothing to copy, and returns no log-probs of its own (the scorer's are the sampler's).
+
+    Needs: ``accelerator``, the prepared ``policy``, ``stop_ids`` (:func:`~rlhf_exp.modeling.eos_token_ids`) and the
+    tokenizer's ``pad_id``.
+    """
+
+    name = "hf"
+
+    def __init__(self, accelerator, policy, stop_ids: Sequence[int], pad_id: int):
+        self.acc, self.policy, self.stop_ids, self.pad_id = accelerator, policy, list(stop_ids), pad_id
+
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingSettings,
+                 lengths: torch.Tensor) -> Generation:
+        from rlhf_exp.distributed import model_for_generation
+
+        # under mixed precision the sampler runs in the precision the policy is scored in (accelerate's autocast)
+        with model_for_generation(self.acc, self.policy) as unwrapped, self.acc.autocast():
+            ids, mask = generate(unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths, self.stop_ids, self.pad_id)
+        return Generation(ids, mask)
+
+    def sync_weights(self, policy) -> None:
+        self.policy = policy
+
+
+def backend_of(cfg) -> str:
+    """``generation.backend`` of a composed config (``hf`` when the key is absent: an older config)."""
+    return str((cfg.get("generation") or {}).get("backend", "hf") or "hf")
+
+
+def build_engine(cfg, accelerator, policy, tokenizer, stop_ids: Sequence[int], pad_id: int) -> RolloutEngine:
+    """The engine ``generation.backend`` names, for the prepared ``policy``."""
+    backend = backend_of(cfg)
+    if backend == "hf":
+        return HFGenerator(accelerator, policy, stop_ids, pad_id)
+    if backend == "vllm":
+        from rlhf_exp.rollout.vllm_engine import VLLMGenerator
+
+        return VLLMGenerator.from_config(cfg, accelerator, policy, tokenizer, stop_ids, pad_id)
+    raise ValueError(f"generation.backend={backend!r}: valid values are {', '.join(BACKENDS)}.")
