@@ -173,3 +173,17 @@ def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
         run(compose(SMALL + ["objective=grpo", "objective.group_size=4", "train.steps=2", "seed=3"]), tmp_path / str(i))
         rows.append([{k: v for k, v in r.items() if not k.startswith("perf/")} for r in _read(tmp_path / str(i))])
     assert len(rows[0]) == 3 and rows[0] == rows[1]
+
+
+@pytest.mark.parametrize("extra", [
+    ["objective=remax"],                                                       # greedy baseline through vLLM
+    ["objective=grpo", "objective.group_size=4", "objective.dynamic_sampling.enable=true"],   # extra rounds
+    ["objective=ppo", "kl.estimator=full", "model.lora.r=4"],                  # LoRA sync in a run
+])
+def test_other_loop_paths_run_with_the_engine(tmp_path, extra):
+    from rlhf_exp.__main__ import run
+
+    summary = run(compose(SMALL + ["train.steps=2"] + extra), tmp_path)
+    assert summary["status"] == "finished" and summary["steps"] == 2
+    rows = [r for r in _read(tmp_path) if r["step"] >= 1]
+    assert max(r["train/rollout_logprob_gap"] for r in rows) < 1e-3
