@@ -221,8 +221,8 @@ RANGE_RULES: list[tuple[str, object, str]] = [
     ("generation.backend", lambda v: v in ("hf", "vllm"),
      "one of hf, vllm (hf: transformers generate; vllm: a colocated vLLM engine, docs/rollout.md)"),
     ("generation.vllm.gpu_memory_utilization", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("generation.vllm.kv_cache_gb", lambda v: _is_number(v) and v > 0, "> 0 or null (null = gpu_memory_utilization's share on GPU, "
-                                                      "1 GiB on CPU)"),
+    ("generation.vllm.kv_cache_gb", lambda v: _is_number(v) and v > 0,
+     "> 0 or null (null = gpu_memory_utilization's share on GPU, 1 GiB on CPU)"),
     ("generation.vllm.tensor_parallel_size", lambda v: v == 1,
      "1: each training process holds its own whole engine (TRL's colocate mode shards one engine over a group of "
      "training processes; that is not implemented here, docs/rollout.md)"),

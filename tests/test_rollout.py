@@ -146,3 +146,13 @@ def test_a_partial_weight_load_is_an_error():
     check_full_load({"a", "b"}, None, ["a"])         # a loader that does not report
     with pytest.raises(RuntimeError, match=r"left 1 vLLM parameter\(s\) unloaded \(b\)"):
         check_full_load({"a", "b"}, {"a"}, ["a"])
+
+
+def test_importance_correction_with_a_sequence_ratio_objective_fails_before_generating(tmp_path):
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.train.online import OnlineTrainer
+
+    cfg = compose(["logger=none", "objective=ppo_seq", "generation.backend=vllm", "dataset.eval_size=4",
+                   "generation.vllm.importance_correction=true", "dataset.train_size=16"])
+    with pytest.raises(ValueError, match="objective=ppo_seq here uses a sequence-level ratio"):
+        OnlineTrainer(cfg, tmp_path, Tracker(tmp_path, cfg.logger, {}, "t", enabled=False))

@@ -77,7 +77,8 @@ def hf_weights_for_vllm(lm: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor
         value = p.detach()
         if name in deltas:
             value = value + deltas[name].detach().to(value.dtype)
-        clean = name.removeprefix("base_model.model.").replace(".base_layer", "").replace("modules_to_save.default.", "")
+        clean = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        clean = clean.replace("modules_to_save.default.", "")
         yield clean, value
 
 
@@ -192,12 +193,12 @@ class VLLMGenerator(RolloutEngine):
         if dtype == "auto":
             dtype = str(cfg.model.get("dtype") or "float32")
         kwargs = dict(
-            model=str(cfg.model.path), skip_tokenizer_init=True, dtype=dtype, seed=int(cfg.seed) + accelerator.process_index,
-            tensor_parallel_size=tp, max_model_len=None if v.max_model_len is None else int(v.max_model_len),
+            model=str(cfg.model.path), skip_tokenizer_init=True, dtype=dtype,
+            seed=int(cfg.seed) + accelerator.process_index, tensor_parallel_size=tp,
+            max_model_len=None if v.max_model_len is None else int(v.max_model_len),
             enable_sleep_mode=bool(v.enable_sleep_mode), enforce_eager=bool(v.enforce_eager),
             logprobs_mode="processed_logprobs",     # the log-probs after the temperature: what the trainer scores
             generation_config="vllm",               # no sampling defaults from the model's generation_config.json
-            enable_prefix_caching=False,
         )
         if not on_cpu:
             kwargs["gpu_memory_utilization"] = float(v.gpu_memory_utilization)

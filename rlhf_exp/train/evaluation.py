@@ -87,6 +87,11 @@ class PolicyEvaluation:
         """The rollout objects the loops hold: ``engine`` (``generation.backend``), ``scorer`` and ``collector``.
         Needs the prepared ``policy``, ``ref``, ``reward``, ``objective``, ``forward_bs``, ``tokenizer`` and
         ``pad_id``."""
+        vcfg = self.cfg.generation.get("vllm") or {}
+        if vcfg.get("importance_correction") and not getattr(self.objective, "token_level_policy_loss", True):
+            raise ValueError(f"generation.vllm.importance_correction=true weights per-token policy terms; "
+                             f"objective={self.objective.name} here uses a sequence-level ratio. Set "
+                             f"generation.vllm.importance_correction=false.")
         self.engine = build_engine(self.cfg, self.acc, self.policy, self.tokenizer, self.stop_ids, self.pad_id)
         self.scorer = Scorer(self.policy, self.ref, self.forward_bs, self.objective.needs_value)
         self.collector = RolloutCollector(self.engine, self.scorer, self.reward, self.tokenizer, self.pad_id,
