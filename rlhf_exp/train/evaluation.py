@@ -129,15 +129,6 @@ class PolicyEvaluation:
         _, _, var = masked_moments(x.float(), torch.ones_like(x, dtype=torch.float), self.reduce)
         return float(var.sqrt())
 
-    def _forward_chunks(self, model, batch: Mapping[str, torch.Tensor], temperature: float, *, entropy=False,
-                        values=False, logits=False) -> dict[str, torch.Tensor]:
-        """No-grad forward over the batch in chunks of ``train.forward_batch_size`` (:meth:`Scorer.forward_chunks`)."""
-        return self.scorer.forward_chunks(model, batch, temperature, entropy=entropy, values=values, logits=logits)
-
-    def _full_kl(self, batch: Mapping[str, torch.Tensor], temperature: float) -> torch.Tensor:
-        """Exact per-token KL(policy || reference) over the vocabulary, chunked (:meth:`Scorer.full_kl`). ``(B, T)``."""
-        return self.scorer.full_kl(batch, temperature)
-
     # ------------------------------------------------------------------------------------------ rollout
     def rollout(self, prompts: list[Prompt], lengths: torch.Tensor, sampling: SamplingSettings,
                 score_with_ref: bool = True, entropy: bool = True, score_policy: bool = True
@@ -180,7 +171,7 @@ class PolicyEvaluation:
                 batch, info = self.rollout(prompts[s:e], lengths[s:e], self.eval_sampling,
                                            entropy=False)
                 fmask = batch["response_mask"].float()
-                full = self._full_kl(batch, self.eval_sampling.temperature)
+                full = self.scorer.full_kl(batch, self.eval_sampling.temperature)
                 kls.append((full * fmask).sum(1))
                 kls_k1.append(((batch["old_logprobs"] - batch["ref_logprobs"]) * fmask).sum(1))
                 scores.append(batch["raw_scores"])

@@ -30,6 +30,7 @@ from rlhf_exp.modeling import check_tokenizer_fits, load_policy, max_positions, 
 from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
+from rlhf_exp.rollout.engine import backend_of
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
 from rlhf_exp.train.batching import fill_from_update, old_logprobs_from_update, trim_padding
@@ -91,7 +92,7 @@ class OnlineTrainer(PolicyEvaluation):
         # forward gives them (detached), and the rollout skips its no-grad policy forward (rlhf_exp.train.batching)
         self.old_logprobs_from_update = old_logprobs_from_update(
             self.objective, int(tcfg.epochs), self.mini_batch, self.local_batch,
-            separate_sampler=str(cfg.generation.get("backend", "hf")) != "hf")
+            separate_sampler=backend_of(cfg) != "hf")
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._init_rollout()     # engine (generation.backend), scorer, collector
 
@@ -280,7 +281,7 @@ class OnlineTrainer(PolicyEvaluation):
     def _kl_terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``log pi_old - log pi_ref`` (what ``train/kl`` and the controller see) and the per-token KL estimate
         ``kl.estimator`` of the scored batch. ``(B, T)`` each."""
-        full = self._full_kl(batch, self.sampling.temperature) if self.objective.kl_estimator == "full" else None
+        full = self.scorer.full_kl(batch, self.sampling.temperature) if self.objective.kl_estimator == "full" else None
         log_ratio = batch["old_logprobs"] - batch["ref_logprobs"]
         return log_ratio, per_token_kl(self.objective.kl_estimator, batch["old_logprobs"], batch["ref_logprobs"], full)
 
@@ -329,8 +330,8 @@ class OnlineTrainer(PolicyEvaluation):
                             fill_from_update(batch, idx, mb, out)
                         ref_full = None
                         if self.objective.needs_full_logits:
-                            ref_logits = self._forward_chunks(self.ref, mb, self.sampling.temperature,
-                                                              logits=True)["logits"]
+                            ref_logits = self.scorer.forward_chunks(self.ref, mb, self.sampling.temperature,
+                                                                    logits=True)["logits"]
                             ref_full = full_kl_from_logits(out.logits, ref_logits)
                         loss, stats = self.objective.loss(out, mb, kl_coef, ref_full)
                         if not torch.isfinite(loss):
