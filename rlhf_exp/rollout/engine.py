@@ -13,7 +13,7 @@ Every engine keeps the trainer's response contract (:mod:`rlhf_exp.rollout.sampl
 length limit or just after its first stop id (the tokenizer's EOS and the model's ``generation_config.json`` EOS ids),
 which stays in the response once; everything after is ``pad_id`` with mask 0.
 
-Backends: ``hf`` (:class:`HFGenerator`, Hugging Face ``generate`` on the trained model itself) and ``vllm``
+Backends: ``hf`` (:class:`HFGenerator`, the trained model itself: our KV-cache decode loop) and ``vllm``
 (:class:`~rlhf_exp.rollout.vllm_engine.VLLMGenerator`, a colocated in-process vLLM engine). docs/rollout.md.
 """
 from __future__ import annotations
@@ -64,7 +64,8 @@ class RolloutEngine:
 
 
 class HFGenerator(RolloutEngine):
-    """Hugging Face ``generate`` on the trained policy itself: one call per batch, under accelerate's autocast (the
+    """The trained policy itself decodes (:func:`~rlhf_exp.rollout.sampling.generate`: our KV-cache decode loop, or
+    Hugging Face ``generate`` under top-k/top-p): one call per batch, under accelerate's autocast (the
     precision the policy is scored in), with the full parameters of a sharded model gathered
     (:func:`~rlhf_exp.distributed.model_for_generation`). It samples from the live policy, so ``sync_weights`` has
     nothing to copy, and returns no log-probs of its own (the scorer's are the sampler's).
@@ -84,11 +85,20 @@ class HFGenerator(RolloutEngine):
 
         # under mixed precision the sampler runs in the precision the policy is scored in (accelerate's autocast)
         with model_for_generation(self.acc, self.policy) as unwrapped, self.acc.autocast():
-            ids, mask = generate(unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths, self.stop_ids, self.pad_id)
+            ids, mask = generate(unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths, self.stop_ids, self.pad_id,
+                                 synced=self._synced())
         return Generation(ids, mask)
 
     def sync_weights(self, policy) -> None:
         self.policy = policy
+
+    def _synced(self) -> bool:
+        """Several processes with a sharded model: decode until every process's rows have ended (a forward of a
+        model sharded per forward is a collective)."""
+        from accelerate.utils import DistributedType
+
+        return self.acc.num_processes > 1 and self.acc.distributed_type in (DistributedType.FSDP,
+                                                                            DistributedType.DEEPSPEED)
 
 
 def backend_of(cfg) -> str:
