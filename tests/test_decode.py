@@ -98,6 +98,22 @@ def test_sampled_tokens_follow_the_policy():
     assert m > 300 and ((c2[top2] - m * p2[top2]).abs() <= 4.5 * sd2 + 1).all()
 
 
+def test_samples_do_not_depend_on_compaction(monkeypatch):
+    import rlhf_exp.rollout.sampling as sampling
+
+    lm = _embedded()
+    ids, mask = pad_left([[5, 6, 7], [8, 9], [10, 11, 12, 13]] * 4, 0)
+    lengths = torch.tensor([1, 8, 3, 5, 2, 8, 4, 6, 7, 2, 8, 5])
+    settings = SamplingSettings(max_new_tokens=8, min_new_tokens=1)
+    outs = []
+    for every in (1, 8, 10**9):                      # drop ended rows at once, per eighth, never
+        monkeypatch.setattr(sampling, "COMPACT_EVERY", every)
+        torch.manual_seed(3)
+        outs.append(generate(lm, ids, mask, settings, lengths, [0], 0))
+    for got in outs[1:]:
+        assert torch.equal(got[0], outs[0][0]) and torch.equal(got[1], outs[0][1])
+
+
 def test_top_k_uses_hf_generate(monkeypatch):
     lm = _embedded()
     calls = []
@@ -125,10 +141,12 @@ def _synced_worker(rank: int, port: int, out: dict):
     lm.register_forward_hook(lambda *a: forwards.append(1))
     ids, mask = pad_left([[5, 6, 7], [8, 9]], 0)
     lengths = torch.tensor([2, 3]) if rank == 0 else torch.tensor([9, 4])   # rank 0 ends first
-    greedy = SamplingSettings(max_new_tokens=9, min_new_tokens=1, do_sample=False)
-    synced = decode(lm, ids, mask, greedy, lengths, [-1], 0, synced=True)
+    settings = SamplingSettings(max_new_tokens=9, min_new_tokens=1)
+    torch.manual_seed(rank)
+    synced = decode(lm, ids, mask, settings, lengths, [-1], 0, synced=True)
     n_synced = len(forwards)
-    alone = decode(lm, ids, mask, greedy, lengths, [-1], 0)
+    torch.manual_seed(rank)
+    alone = decode(lm, ids, mask, settings, lengths, [-1], 0)
     out[rank] = (synced, alone, n_synced)
     dist.destroy_process_group()
 

@@ -132,6 +132,9 @@ def sample_categorical(probs: torch.Tensor, u: Optional[torch.Tensor] = None) ->
     return idx.clamp_(max=probs.shape[-1] - 1)
 
 
+COMPACT_EVERY = 8   # drop ended rows from the batch once they are at least 1/8 of it (each drop copies the KV cache)
+
+
 def _accepts(lm, name: str) -> bool:
     import inspect
 
@@ -148,8 +151,8 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
 
     Position ids and the attention mask follow Hugging Face ``generate`` (positions count real tokens from 0; padding
     is masked), so with ``do_sample=False`` the tokens equal ``generate``'s. Row ``i`` ends at its first EOS or after
-    ``lengths[i]`` tokens; an ended row leaves the batch (its KV cache rows are dropped), so later forwards run only
-    the rows still going; the loop stops when every row has ended. With ``synced`` (several processes whose forwards
+    ``lengths[i]`` tokens; ended rows leave the batch once they are an eighth of it (their KV cache rows are dropped), so
+    later forwards run mostly the rows still going; the loop stops when every row has ended. With ``synced`` (several processes whose forwards
     are collectives, FSDP2) every process keeps its batch whole and steps until all processes' rows have ended.
 
     Args:
@@ -177,8 +180,9 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(limit):
         logits = out.logits[:, -1].float()
-        if settings.do_sample:
-            nxt = sample_categorical(torch.softmax(logits / settings.temperature, dim=-1))
+        if settings.do_sample:   # one uniform per row of the whole batch: the samples do not depend on compaction
+            u = torch.rand(B, device=device, dtype=torch.float64)[rows]
+            nxt = sample_categorical(torch.softmax(logits / settings.temperature, dim=-1), u)
         else:
             nxt = logits.argmax(dim=-1)
         nxt = nxt.masked_fill(done, pad_id)
@@ -186,7 +190,7 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
         done = done | torch.isin(nxt, stop) | (lengths[rows] <= t + 1)
         if t + 1 == limit or _all_done(done, synced):
             break
-        if shrink and bool(done.any()):
+        if shrink and int(done.sum()) * COMPACT_EVERY >= done.numel():
             keep = (~done).nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             rows, mask, position, nxt, done = rows[keep], mask[keep], position[keep], nxt[keep], done[keep]
