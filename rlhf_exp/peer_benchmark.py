@@ -35,9 +35,11 @@ import time
 from pathlib import Path
 
 # rlhf_exp's side of the comparison: GRPO with a fixed KL coefficient, all responses up to the same length limit
-# (TRL has no per-sample length draw), one optimizer step per rollout batch.
-PEER_DEFAULTS = ["objective=grpo", "kl=fixed", "kl.kl_coef=0.0", "objective.group_size=4", "train.batch_size=32",
-                 "train.mini_batch_size=null", "generation.max_new_tokens=16", "generation.min_new_tokens=16"]
+# (TRL has no per-sample length draw), one optimizer step per rollout batch; at beta 0 no reference forward
+# (kl.track=false; TRL loads no reference model then).
+PEER_DEFAULTS = ["objective=grpo", "kl=fixed", "kl.kl_coef=0.0", "kl.track=false", "objective.group_size=4",
+                 "train.batch_size=32", "train.mini_batch_size=null", "generation.max_new_tokens=16",
+                 "generation.min_new_tokens=16"]
 
 LOSS_TYPES = {"seq-mean-token-mean": "grpo", "token-mean": "dapo", "seq-mean-token-sum-norm": "dr_grpo"}
 

@@ -200,3 +200,33 @@ def test_old_logprobs_from_update_only_where_nothing_reads_them_earlier():
     assert old_logprobs_from_update(obj("rloo", in_reward=False), 1, 32, 32)
     assert not old_logprobs_from_update(obj("grpo", estimator="full"), 1, 32, 32)
     assert not old_logprobs_from_update(obj("grpo"), 1, 32, 32, separate_sampler=True)   # vLLM's correction
+
+
+@pytest.mark.parametrize("objective,kl", [("grpo", ["kl=fixed", "kl.kl_coef=0.0"]), ("ppo", ["kl=none"])])
+def test_kl_track_false_skips_the_reference_forward_and_changes_no_update(tmp_path, objective, kl):
+    """kl.track=false where the KL cannot matter (kl=none, or kl=fixed with coefficient 0): no reference forward in
+    the rollout and no train/kl, and the same parameters and losses as with the reference pass (it draws nothing
+    from the random streams). With kl=fixed and a coefficient > 0 the option is ignored."""
+    ov = SKIP_CFG + [f"objective={objective}"] + (["objective.group_size=4"] if objective == "grpo" else []) + kl
+    runs = {}
+    for track in ("true", "false"):
+        t = _trainer(tmp_path / track, ov + [f"kl.track={track}"])
+        ref_forwards = []
+        real = t.scorer.forward_chunks
+
+        def counting(model, *a, _real=real, _t=t, **k):
+            ref_forwards.append(model is _t.scorer.ref)
+            return _real(model, *a, **k)
+
+        t.scorer.forward_chunks = counting
+        runs[track] = (t, [t.train_step(s) for s in (1, 2)], sum(ref_forwards))
+    (tt, mt, nt), (tf, mf, nf) = runs["true"], runs["false"]
+    assert nt == 2 and nf == 0
+    assert all("train/kl" in m for m in mt) and not any("train/kl" in m for m in mf)
+    pt = torch.cat([p.detach().reshape(-1) for p in tt.policy.parameters()])
+    pf = torch.cat([p.detach().reshape(-1) for p in tf.policy.parameters()])
+    assert torch.equal(pt, pf)
+    for a, b in zip(mt, mf):
+        assert a["train/loss/total"] == b["train/loss/total"] and a["train/reward_mean"] == b["train/reward_mean"]
+    used = _trainer(tmp_path / "used", SKIP_CFG + ["objective=grpo", "objective.group_size=4", "kl.track=false"])
+    assert used.ref_in_rollout                   # kl=fixed kl_coef=0.05: the KL is used, the option is ignored

@@ -177,6 +177,12 @@ class AdaptiveKLController(KLController):
         self.value *= 1.0 + error * n_steps / self.horizon
 
 
+def kl_unused(kl_cfg) -> bool:
+    """True when the KL cannot enter the loss or the reward: ``kl=none``, or ``kl=fixed`` with ``kl_coef`` 0."""
+    controller = str(kl_cfg.get("controller"))
+    return controller == "none" or (controller == "fixed" and float(kl_cfg.get("kl_coef", 0.0)) == 0.0)
+
+
 def make_kl_controller(controller: str, kl_coef: float, target: float | None = None, horizon: float | None = None,
                        clip: float = 0.2) -> KLController:
     """Build a controller by name: ``fixed``, ``adaptive`` or ``none``."""

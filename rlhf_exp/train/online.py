@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from rlhf_exp.core.advantages import preprocess_scores
-from rlhf_exp.core.kl import full_kl_from_logits, make_kl_controller, per_token_kl
+from rlhf_exp.core.kl import full_kl_from_logits, kl_unused, make_kl_controller, per_token_kl
 from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.data import Prompt, PromptSampler, load_prompt_data
 from rlhf_exp.distributed import (in_mixed_precision, mean_over_ranks, micro_batch_loss_scale, rank_slice,
@@ -78,6 +78,9 @@ class OnlineTrainer(PolicyEvaluation):
 
         kcfg = cfg.kl
         self.kl_ctl = make_kl_controller(kcfg.controller, kcfg.kl_coef, kcfg.get("target"), kcfg.get("horizon"))
+        # kl.track=false: when the KL cannot enter the loss or the reward, skip the reference forward of each step
+        # (and train/kl); eval/kl is still measured at every evaluation
+        self.ref_in_rollout = bool(kcfg.get("track", True)) or not kl_unused(kcfg)
 
         self.optimizer = make_adamw(policy.parameters(), tcfg)   # train.adamw_impl: rlhf_exp.train.optim
         n_updates = tcfg.steps * tcfg.epochs * self.geometry.optimizer_steps
@@ -171,7 +174,7 @@ class OnlineTrainer(PolicyEvaluation):
         dropped: list[int] = []
         tries = 0
         while True:
-            batch, info = self.rollout(prompts, lengths, self.sampling)
+            batch, info = self.rollout(prompts, lengths, self.sampling, score_with_ref=self.ref_in_rollout)
             offset = sum(len(p) for p in all_prompts) // G
             ok = ds.varied_groups(batch["raw_scores"], G).cpu()
             kept += [offset + i for i in range(len(ok)) if ok[i]]
@@ -216,7 +219,7 @@ class OnlineTrainer(PolicyEvaluation):
             prompts, lengths, batch, info, ds_stats = self._dynamic_sampling_rollout(prompts, lengths)
         else:
             skip = {"score_policy": False} if self.old_logprobs_from_update else {}
-            batch, info = self.rollout(prompts, lengths, self.sampling, **skip)
+            batch, info = self.rollout(prompts, lengths, self.sampling, score_with_ref=self.ref_in_rollout, **skip)
             ds_stats = {}
         batch["ends_with_eos"] = info["ends_with_eos"].to(self.device).float()
         mask = batch["response_mask"]
@@ -260,7 +263,9 @@ class OnlineTrainer(PolicyEvaluation):
             "train/response_length": self._global_mean(fmask.sum(dim=1)),
             "train/lr": self.scheduler.get_last_lr()[0],
         }
-        if self.objective.kl_estimator != "k1":
+        if not self.ref_in_rollout:          # kl.track=false: no reference forward, no train/kl
+            del m["train/kl"]
+        elif self.objective.kl_estimator != "k1":
             m["train/kl_penalty"] = self._global_mean((batch["kl"] * fmask).sum(dim=1))
         if self.reward_moments is not None or self.cfg.reward.scale != 1.0 or self.cfg.reward.clip is not None:
             m["train/reward_processed_mean"] = self._global_mean(batch["scores"])
@@ -280,7 +285,10 @@ class OnlineTrainer(PolicyEvaluation):
 
     def _kl_terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``log pi_old - log pi_ref`` (what ``train/kl`` and the controller see) and the per-token KL estimate
-        ``kl.estimator`` of the scored batch. ``(B, T)`` each."""
+        ``kl.estimator`` of the scored batch. ``(B, T)`` each; zeros without a reference pass (``kl.track=false``)."""
+        if "ref_logprobs" not in batch:
+            zeros = torch.zeros_like(batch["response_mask"], dtype=torch.float)
+            return zeros, zeros
         full = self.scorer.full_kl(batch, self.sampling.temperature) if self.objective.kl_estimator == "full" else None
         log_ratio = batch["old_logprobs"] - batch["ref_logprobs"]
         return log_ratio, per_token_kl(self.objective.kl_estimator, batch["old_logprobs"], batch["ref_logprobs"], full)
@@ -384,7 +392,7 @@ class OnlineTrainer(PolicyEvaluation):
             if step == tcfg.steps:
                 metrics.update(self.evaluate(step))
             self._record(metrics, step)
-            advance_bar(bar, reward=f"{metrics['train/reward_mean']:.3f}", kl=f"{metrics['train/kl']:.3f}",
+            advance_bar(bar, reward=f"{metrics['train/reward_mean']:.3f}", kl=f"{metrics.get('train/kl', float('nan')):.3f}",
                         kl_coef=f"{metrics['train/kl_coef']:.3g}")
             checkpoint.step_done(self, step, t_start)
         bar.close()
