@@ -32,7 +32,7 @@ def test_sample_categorical_frequencies_and_zeros():
     assert ((counts - n * p).abs() <= 4 * sd + 1).all(), counts   # every frequency within 4 binomial sd
 
 
-def _tiny_llama(tmp_path):
+def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -49,8 +49,8 @@ def _embedded():
 
 
 @pytest.mark.parametrize("arch", ["embedded_gpt2", "random_llama"])
-def test_greedy_decode_equals_hf_generate(arch, tmp_path):
-    lm = _embedded() if arch == "embedded_gpt2" else _tiny_llama(tmp_path)
+def test_greedy_decode_equals_hf_generate(arch):
+    lm = _embedded() if arch == "embedded_gpt2" else _tiny_llama()
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 90, (int(n),), generator=g).tolist() for n in (2, 7, 4, 5, 1, 6)]
     ids, mask = pad_left(prompts, 0)

@@ -257,16 +257,15 @@ class OnlineTrainer(PolicyEvaluation):
         m: dict[str, float] = {
             "train/reward_mean": self._global_mean(batch["raw_scores"]),
             "train/reward_std": self._global_std(batch["raw_scores"]),
-            "train/kl": kl_mean,
             "train/kl_coef": kl_coef,
             "train/entropy": float(masked_moments(batch["entropy"], fmask, self.reduce)[1]),
             "train/response_length": self._global_mean(fmask.sum(dim=1)),
             "train/lr": self.scheduler.get_last_lr()[0],
         }
-        if not self.ref_in_rollout:          # kl.track=false: no reference forward, no train/kl
-            del m["train/kl"]
-        elif self.objective.kl_estimator != "k1":
-            m["train/kl_penalty"] = self._global_mean((batch["kl"] * fmask).sum(dim=1))
+        if self.ref_in_rollout:              # kl.track=false: no reference forward, no train/kl
+            m["train/kl"] = kl_mean
+            if self.objective.kl_estimator != "k1":
+                m["train/kl_penalty"] = self._global_mean((batch["kl"] * fmask).sum(dim=1))
         if self.reward_moments is not None or self.cfg.reward.scale != 1.0 or self.cfg.reward.clip is not None:
             m["train/reward_processed_mean"] = self._global_mean(batch["scores"])
         for k, v in info["extras"].items():
@@ -392,8 +391,8 @@ class OnlineTrainer(PolicyEvaluation):
             if step == tcfg.steps:
                 metrics.update(self.evaluate(step))
             self._record(metrics, step)
-            advance_bar(bar, reward=f"{metrics['train/reward_mean']:.3f}", kl=f"{metrics.get('train/kl', float('nan')):.3f}",
-                        kl_coef=f"{metrics['train/kl_coef']:.3g}")
+            advance_bar(bar, reward=f"{metrics['train/reward_mean']:.3f}",
+                        kl=f"{metrics.get('train/kl', float('nan')):.3f}", kl_coef=f"{metrics['train/kl_coef']:.3g}")
             checkpoint.step_done(self, step, t_start)
         bar.close()
         wall = time.perf_counter() - t_start
