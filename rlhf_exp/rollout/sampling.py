@@ -3,7 +3,7 @@ the padding helpers every backend shares.
 
 :func:`generate` runs our own decode loop (:func:`decode`): one prefill forward of the prompts, then one forward per
 new token on the model's KV cache, sampling each token by inverse-CDF from ``softmax(logits / temperature)`` (one
-uniform draw per row, :func:`sample_categorical`). It stops as soon as every row has ended. With ``top_k``/``top_p``
+uniform draw per row, :func:`sample_categorical`); ended rows leave the batch, and it stops when every row has ended. With ``top_k``/``top_p``
 it calls Hugging Face ``generate`` instead (its logits warpers). Sampling is pure by default (``top_k=0``,
 ``top_p=1.0``), so the sampler is exactly the policy ``softmax(logits / temperature)`` that the loss scores. Each
 response is cut at a length drawn per sample from ``[min_new_tokens, max_new_tokens]`` (the TRL IMDb recipe's
@@ -144,6 +144,15 @@ def _accepts(lm, name: str) -> bool:
         return False
 
 
+def cache_argument(lm) -> Optional[str]:
+    """The name under which ``lm.forward`` takes (and its output returns) the KV cache: ``cache`` (transformers >=
+    5.24), ``past_key_values`` (earlier), or None for a model that takes neither (it decodes through ``generate``)."""
+    for name in ("cache", "past_key_values"):
+        if _accepts(lm, name):
+            return name
+    return None
+
+
 @torch.no_grad()
 def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: SamplingSettings,
            lengths: torch.Tensor, eos_ids: EosIds, pad_id: int, synced: bool = False) -> torch.Tensor:
@@ -151,12 +160,14 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
 
     Position ids and the attention mask follow Hugging Face ``generate`` (positions count real tokens from 0; padding
     is masked), so with ``do_sample=False`` the tokens equal ``generate``'s. Row ``i`` ends at its first EOS or after
-    ``lengths[i]`` tokens; ended rows leave the batch once they are an eighth of it (their KV cache rows are dropped), so
-    later forwards run mostly the rows still going; the loop stops when every row has ended. With ``synced`` (several processes whose forwards
-    are collectives, FSDP2) every process keeps its batch whole and steps until all processes' rows have ended.
+    ``lengths[i]`` tokens; ended rows leave the batch once they are an eighth of it (their KV cache rows are
+    dropped), so later forwards run mostly the rows still going; the loop stops when every row has ended. With
+    ``synced`` (several processes of a sharded model, FSDP or DeepSpeed, whose forwards may be collectives) every
+    process keeps its batch whole and steps until all processes' rows have ended.
 
     Args:
-        lm: a Hugging Face causal LM (unwrapped, in eval mode) whose forward takes ``past_key_values``.
+        lm: a Hugging Face causal LM (unwrapped, in eval mode) whose forward takes a KV cache
+            (:func:`cache_argument`).
         prompt_ids, prompt_mask: ``(B, P)``, left-padded.
         lengths: ``(B,)`` per-row length limits.
     Returns:
@@ -172,8 +183,9 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
     mask = prompt_mask.long()
     position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     extra = {"logits_to_keep": 1} if _accepts(lm, "logits_to_keep") else {}
+    cache_arg = cache_argument(lm) or "past_key_values"
     out = lm(input_ids=prompt_ids, attention_mask=mask, position_ids=position, use_cache=True, **extra)
-    cache = out.past_key_values
+    cache = getattr(out, cache_arg)
     shrink = not synced and hasattr(cache, "batch_select_indices")
     position = position[:, -1:]
     rows = torch.arange(B, device=device)           # the rows of the full batch still in the cache
@@ -196,9 +208,9 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
             rows, mask, position, nxt, done = rows[keep], mask[keep], position[keep], nxt[keep], done[keep]
         mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype, device=device)], dim=1)
         position = position + 1
-        out = lm(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=position, past_key_values=cache,
-                 use_cache=True)
-        cache = out.past_key_values
+        out = lm(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=position, use_cache=True,
+                 **{cache_arg: cache})
+        cache = getattr(out, cache_arg)
     return tokens
 
 
@@ -236,7 +248,7 @@ def generate(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: 
     Returns:
         ``response_ids (B, T)``, ``response_mask (B, T)``.
     """
-    if settings.truncates or not _accepts(lm, "past_key_values"):
+    if settings.truncates or cache_argument(lm) is None:
         gen_cfg = generation_config(settings, int(lengths.max().item()), eos_ids, pad_id)
         out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg,
                           synced_gpus=synced or None)
