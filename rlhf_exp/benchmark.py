@@ -2,7 +2,10 @@
 
 Runs ``N`` training steps of the composed config (after one warm-up step) and reports, per step, the time spent
 generating, scoring (reward model and log-prob forwards) and updating, samples/s and tokens/s, and the peak memory
-(GPU: ``torch.cuda.max_memory_allocated``; CPU: the process's peak resident set size). Results are printed as a
+(GPU: ``torch.cuda.max_memory_allocated``; CPU: the process's peak resident set size). One more, untimed step is
+run under PyTorch's FLOP counter: the update's operations per step and the achieved rates (update and whole step,
+GFLOP/s over their median times) are reported beside the measured rate of a square matrix product in the model's
+compute dtype on the same device, the attainable rate they are read against. Results are printed as a
 table and appended as one JSON line to ``--out`` (default ``benchmarks.jsonl``), with the device, versions and
 overrides, so numbers in docs can be traced to a command.
 
@@ -77,6 +80,50 @@ def build_qwen2_shaped(path: Path, vocab_size: int = QWEN2_VOCAB, tokenizer_size
     return path
 
 
+def count_step_flops(trainer, step: int) -> tuple[float, float]:
+    """Floating-point operations of one online step, in all and in its update, counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and the attention kernels PyTorch registers a
+    formula for; element-wise work is not counted, and masked attention on CPU is not either, so this is a lower
+    bound). The step runs for real: it advances the trainer like any other step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    update_flops = []
+    inner = trainer.update
+
+    def counted_update(*args, **kwargs):
+        with FlopCounterMode(display=False) as fc:
+            out = inner(*args, **kwargs)
+        update_flops.append(fc.get_total_flops())
+        return out
+
+    trainer.update = counted_update
+    try:
+        with FlopCounterMode(display=False) as total:
+            trainer.train_step(step)
+    finally:
+        del trainer.update
+    return float(total.get_total_flops()), float(sum(update_flops))
+
+
+def matmul_throughput(device, dtype, n: int = 1024, seconds: float = 0.5) -> float:
+    """Measured FLOP/s of a square ``n x n`` matrix product in ``dtype`` on ``device``: the machine's attainable rate
+    for the model's main operation, against which the step's achieved rate is read."""
+    import torch
+
+    from rlhf_exp.distributed import synchronize
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    synchronize(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        synchronize(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m rlhf_exp.benchmark", description=__doc__.split("\n\n")[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m rlhf_exp")
@@ -120,10 +167,20 @@ def main(argv: list[str] | None = None) -> dict:
         for step in range(1, args.steps + 1):
             rows.append(trainer.train_step(step))
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    mem_key, mem = _peak_memory_mb(device)
+        mem_key, mem = _peak_memory_mb(device)
+        step_flops, update_flops = count_step_flops(trainer, args.steps + 1)   # one more (untimed) step
+        dtype = next(trainer.unwrapped.parameters()).dtype
+        if cfg.train.mixed_precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float16
+        peak = matmul_throughput(device, dtype)
     med = {k: statistics.median(r[k] for r in rows)
            for k in ("perf/gen_s", "perf/score_s", "perf/update_s", "perf/step_s", "perf/samples_per_s",
                      "perf/tokens_per_s")}
+    # achieved rates: counted operations over the median times (the update alone, and the whole step)
+    med["update_gflop"] = update_flops / 1e9
+    med["update_gflop_per_s"] = update_flops / 1e9 / med["perf/update_s"]
+    med["step_gflop_per_s"] = step_flops / 1e9 / med["perf/step_s"]
+    med["matmul_gflop_per_s"] = peak / 1e9
     result = {
         "overrides": overrides, "steps": args.steps, "wall_s": wall, **med, mem_key: mem,
         # CPU seconds of this process per step (all threads): less sensitive than wall time to other work sharing
@@ -132,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         "objective": cfg.objective.name, "model": cfg.model.path, "batch_size": cfg.train.batch_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
+        "matmul_dtype": str(dtype).replace("torch.", ""),
     }
     print(f"{'metric':<22}{'median per step':>16}")
     for k, v in med.items():

@@ -18,6 +18,43 @@ def test_benchmark_reports_speed_and_memory(tmp_path):
     assert result["batch_size"] == 8
     assert result["perf/samples_per_s"] == pytest.approx(8 / result["perf/step_s"], rel=1e-6)
     assert result["perf/gen_s"] > 0 and result["perf/update_s"] > 0 and result["cpu_s_per_step"] > 0
+    assert result["update_gflop"] > 0 and result["matmul_gflop_per_s"] > 0 and result["matmul_dtype"] == "float32"
+    assert result["step_gflop_per_s"] * result["perf/step_s"] > result["update_gflop"]   # the step holds the update
+
+
+def test_flop_count_of_the_update_is_its_passes(tmp_path):
+    """The counted update operations are those of its forward + backward passes: with one mini-batch of the whole
+    batch per epoch and 2 epochs, the update counts 2 x 3 times the operations of one forward of the batch (a
+    backward pass is two matrix products per product of the forward)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rlhf_exp.benchmark import count_step_flops
+    from rlhf_exp.config import CONFIG_DIR
+    from rlhf_exp.modeling import score_responses
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.train.online import OnlineTrainer
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none", "train.save_model=false", "objective=reinforce", "kl=fixed",
+                                           "train.batch_size=8", "train.mini_batch_size=8", "train.epochs=2",
+                                           "generation.max_new_tokens=6", "dataset.eval_size=8"])
+    trainer = OnlineTrainer(cfg, tmp_path, Tracker(tmp_path, cfg.logger, {}, "t", enabled=False))
+    forward = []
+    inner = trainer.update
+
+    def update(batch, *args, **kwargs):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            score_responses(trainer.policy, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
+                            batch["response_mask"])
+        forward.append(fc.get_total_flops())
+        return inner(batch, *args, **kwargs)
+
+    trainer.update = update
+    step, upd = count_step_flops(trainer, 1)
+    assert forward[0] > 0 and step > upd
+    assert upd - forward[0] == 2 * 3 * forward[0]   # (the test's own forward runs inside the counted update)
 
 
 def test_qwen2_shaped_model_for_real_vocabulary_benchmarks(tmp_path):
