@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides.append(f"model.path={build_qwen2_shaped(args.qwen2_shaped)}")
 
     import torch
+    import transformers
     from hydra import compose, initialize_config_dir
 
     from rlhf_exp.config import CONFIG_DIR
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_s_per_step": cpu / args.steps,
         "objective": cfg.objective.name, "model": cfg.model.path, "batch_size": cfg.train.batch_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": sys.version.split()[0],
         "matmul_dtype": str(dtype).replace("torch.", ""),
     }
     print(f"{'metric':<22}{'median per step':>16}")

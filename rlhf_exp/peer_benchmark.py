@@ -86,6 +86,7 @@ def run_peer(overrides: list[str], steps: int, out: Path) -> dict:
     """Interleave ``steps`` (+1 warm-up) GRPO steps of rlhf_exp and of TRL's GRPOTrainer; print and return the
     median step times and their ratio, and append the result to ``out`` as one JSON line."""
     import torch
+    import transformers
     import trl
     from datasets import Dataset
     from hydra import compose, initialize_config_dir
@@ -151,6 +152,7 @@ def run_peer(overrides: list[str], steps: int, out: Path) -> dict:
            for k in ("perf/gen_s", "perf/score_s", "perf/update_s")},
         "ours_tokens_per_step": statistics.median(r["perf/tokens_per_s"] * r["perf/step_s"] for r in ours_rows[1:]),
         "device": platform.processor() or "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "python": sys.version.split()[0],
     }
     print(f"GRPO, batch {result['batch_size']}, group {result['group_size']}, beta {result['beta']}, "
