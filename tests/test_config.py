@@ -159,3 +159,19 @@ def test_adaptive_kl_starts_from_the_objectives_own_coefficient_unless_the_comma
 def test_adaptive_kl_coefficient_defaults_to_0_2_for_an_objective_that_sets_none():
     cfg = compose(["objective=ppo", "kl=adaptive", "~objective.adaptive_kl_coef"])
     assert "adaptive_kl_coef" not in cfg.objective and cfg.kl.kl_coef == 0.2
+
+
+@pytest.mark.parametrize("objective", ONLINE)
+def test_adaptive_kl_horizon_is_the_objectives_own_else_1000(objective):
+    """kl=adaptive's kl.horizon is objective.adaptive_kl_horizon where the objective's yaml sets one (ppo_seq:
+    2000), else 1000; kl.horizon=<n> on the command line wins, and the controller is built with it."""
+    from rlhf_exp.core.kl import make_kl_controller
+
+    cfg = compose([f"objective={objective}", "kl=adaptive"])
+    expected = {"ppo_seq": 2000}.get(objective, 1000)
+    assert cfg.objective.get("adaptive_kl_horizon", 1000) == expected and cfg.kl.horizon == expected
+    k = cfg.kl
+    ctl = make_kl_controller(k.controller, k.kl_coef, k.target, k.horizon)
+    ctl.update(2 * k.target, 100)              # KL twice the target: the error is clipped at 0.2
+    assert ctl.value == pytest.approx(k.kl_coef * (1 + 0.2 * 100 / expected))
+    assert compose([f"objective={objective}", "kl=adaptive", "kl.horizon=300"]).kl.horizon == 300
