@@ -53,21 +53,23 @@ def test_first_update_starts_from_ratio_one(tmp_path):
     assert r["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5) and r["train/clipfrac"] == 0.0
 
 
-# The documented variants that are settings of an objective, not objectives of their own (README, objective table).
+# The documented variants that are settings of an objective, not objectives of their own (README, objective
+# table): name -> (objective, its overrides).
 VARIANTS = {
-    "gspo": ["objective=ppo_seq", "objective.ratio=mean", "objective.group_size=4", "objective.cliprange=3e-4",
-             "objective.cliprange_high=4e-4"],
-    "dual_clip_ppo": ["objective=ppo", "objective.clip_ratio_c=3.0"],
-    "dapo": ["objective=grpo", "objective.group_size=4", "objective.clip_high=0.28",
-             "objective.loss_aggregation=token-mean", "objective.dynamic_sampling.enable=true"],
-    "dr_grpo": ["objective=grpo", "objective.group_size=4", "objective.scale_rewards=none",
-                "objective.loss_aggregation=seq-mean-token-sum-norm"],
+    "gspo": ("ppo_seq", ["objective.ratio=mean", "objective.group_size=4", "objective.cliprange=3e-4",
+                         "objective.cliprange_high=4e-4"]),
+    "dual_clip_ppo": ("ppo", ["objective.clip_ratio_c=3.0"]),
+    "dapo": ("grpo", ["objective.group_size=4", "objective.clip_high=0.28", "objective.loss_aggregation=token-mean",
+                      "objective.dynamic_sampling.enable=true"]),
+    "dr_grpo": ("grpo", ["objective.group_size=4", "objective.scale_rewards=none",
+                         "objective.loss_aggregation=seq-mean-token-sum-norm"]),
 }
 
 
 def _objective_overrides(objective):
     if objective in VARIANTS:
-        return list(VARIANTS[objective])
+        base, extra = VARIANTS[objective]
+        return [f"objective={base}", *extra]
     extra = [f"objective={objective}"]
     if objective in ("grpo", "rloo"):
         extra.append("objective.group_size=4")
@@ -93,8 +95,7 @@ def test_every_online_objective_runs(tmp_path, objective):
             assert r["train/kl_coef"] == 0.0
         for k, v in r.items():
             assert v is None or v == v, f"{k} is NaN"
-    assert summary["objective"] == (objective if objective in ONLINE_OBJECTIVES else
-                                    VARIANTS[objective][0].split("=")[1])
+    assert summary["objective"] == VARIANTS.get(objective, (objective,))[0]
 
 
 @pytest.mark.parametrize("objective", sorted(ONLINE_OBJECTIVES) + sorted(VARIANTS))
