@@ -50,8 +50,21 @@ def print_once(line: str) -> None:
             return
         except OSError:
             pass
+    _close_progress_bars()
     sys.stderr.flush()
     print(line, file=sys.stderr, flush=True)
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars a failure left open (the training loop's): closed later, at exit, they would be drawn
+    after the line that explains the failure."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
 
 
 HYDRA_RUN_FILES = {".hydra", "summary.json", "__main__.log", "config_resolved.yaml"}

@@ -12,7 +12,8 @@ from rlhf_exp.data.sources import DatasetError, _check_column, _null_notice, _tr
 from rlhf_exp.data.types import Prompt, PromptData
 
 
-PROGRESS_MIN_ROWS = 5000   # a progress bar (stderr) when at least this many rows are made into prompts
+PROGRESS_MIN_ROWS = 1000   # a progress bar (stderr) when at least this many rows are made into prompts
+PROGRESS_DELAY_S = 3.0     #   and it takes longer than this (the embedded task's 8192 prompts take 1-3 s: no bar)
 TOKENIZE_CHUNK = 512       # rows tokenized in one batch call (the fast tokenizers' batch path)
 
 
@@ -79,8 +80,8 @@ def _from_texts(tokenizer, rows: Sequence[Mapping[str, Any]], column: str, n: Op
                 limit: Optional[PromptLimit] = None) -> list[Prompt]:
     """Prompts from ``column`` of the rows: plain text is cut (see :func:`_cut`), conversations are rendered; rows
     with a null prompt are dropped (a notice counts them). Plain texts are tokenized in batches of
-    :data:`TOKENIZE_CHUNK` rows; a progress bar shows on stderr from :data:`PROGRESS_MIN_ROWS` rows; a prompt longer
-    than ``limit`` fails at once."""
+    :data:`TOKENIZE_CHUNK` rows; a progress bar shows on stderr from :data:`PROGRESS_MIN_ROWS` rows once it has
+    taken :data:`PROGRESS_DELAY_S` seconds; a prompt longer than ``limit`` fails at once."""
     rng = random.Random(seed)
     out: list[Prompt] = []
     nulls = []
@@ -90,7 +91,7 @@ def _from_texts(tokenizer, rows: Sequence[Mapping[str, Any]], column: str, n: Op
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="[rlhf_exp] preparing prompts", unit=" prompts", file=sys.stderr,
-                   mininterval=1.0, leave=False, dynamic_ncols=True)
+                   mininterval=1.0, delay=PROGRESS_DELAY_S, leave=False, dynamic_ncols=True)
     try:
         for start in range(0, len(rows), TOKENIZE_CHUNK):
             chunk = []
