@@ -260,6 +260,9 @@ def _hydra_main(cfg: DictConfig) -> float:
         if multirun:
             print(f"[rlhf_exp] job {hc.job.num} not started: {e}", file=sys.stderr, flush=True)
             raise
+        folder = Path(hc.runtime.output_dir)
+        if folder.is_dir() and not any(folder.iterdir()):   # only the empty folder Hydra made for this command
+            discard_unstarted_run(folder)
         fail(str(e))
     except Exception as e:  # noqa: BLE001 - run() wrote summary.json; the one line that explains it comes last
         if multirun:

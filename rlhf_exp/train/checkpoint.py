@@ -3,23 +3,29 @@
 A run writes ``<run dir>/checkpoints/step_<k>/`` every ``train.checkpoint_every`` steps and at its last step, and
 keeps the newest ``train.keep_checkpoints``. A checkpoint holds:
 
-* what ``accelerate.Accelerator.save_state`` saves: the model (policy with value head and LoRA adapters), the
-  optimizer (sharded by the engine under FSDP / DeepSpeed), the learning-rate scheduler (registered with
-  ``register_for_checkpointing``) and every process's random states (python, numpy, torch, CUDA);
+* what ``accelerate.Accelerator.save_state`` saves: the model (policy with value head and LoRA adapters, as
+  safetensors), the optimizer (sharded by the engine under FSDP / DeepSpeed) and every process's random states
+  (python, numpy, torch, CUDA);
+* ``scheduler.json``: the learning-rate scheduler's ``state_dict()`` (JSON: not accelerate's pickle);
 * ``loop_state_rank<r>.pt``, one per process: the loop's own objects (:func:`loop_state`): the step, the metric
   history that ``summary.json`` is computed from, the wall time so far, and every stateful object of the loop and of
   its objective: the KL controller's coefficient, the reward running moments, baselines (moving averages), prompt
   samplers (the data position of the offline loop), the loop's random generators (response lengths, shuffles);
-* ``meta.json``, written last: the step and the size of every file. A checkpoint without it, or whose files do not
-  have the recorded sizes, is damaged: resume falls back to the one before, with a notice.
+* ``meta.json``, written last: the step, the size and sha256 of every file, and the settings that decide what the
+  checkpoint holds (:data:`CHECKPOINT_KEYS`). A checkpoint without it, or whose files do not have the recorded sizes
+  and digests, is damaged: resume falls back to the one before, with a notice.
 
-Every checkpoint is written into a temporary folder that is renamed when complete, so a kill during a save leaves
-the previous checkpoints as they were; a failed save (a full disk) keeps them too and says what would be lost.
+Loading runs no code a checkpoint could carry: safetensors, JSON, and ``torch.load(weights_only=True)`` for the
+rest (the optimizer and random states through accelerate's loader, the loop state here). Every checkpoint is written
+into a temporary folder that is renamed when complete, so a kill during a save leaves the previous checkpoints as
+they were; a failed save (a full disk, whatever type the library raises) removes its partial files, keeps the
+earlier checkpoints and says what would be lost. Nothing in a folder that holds a run is changed before the new
+command is known to continue it (:class:`Checkpointer`).
 
 The loops use two calls (:func:`begin` at the start, :func:`step_done` after each step is logged); ``run()`` in
 ``rlhf_exp.__main__`` creates a :class:`Checkpointer`, which also owns the run folder (a lock file naming the owner
-process) and turns SIGTERM / SIGINT into "save at the next step boundary, then stop". User documentation:
-docs/checkpoints.md.
+process) and turns SIGTERM / SIGINT into "save at the next step boundary, then stop" (a second one: stop at once).
+User documentation: docs/checkpoints.md and docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -318,7 +324,8 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def checkpoint_settings(resolved: Mapping[str, Any]) -> dict[str, Any]:
     """The :data:`CHECKPOINT_KEYS` of a resolved config (recorded in each checkpoint's ``meta.json``)."""
     flat = _flatten(resolved)
-    return {k: v for k, v in flat.items() if k in CHECKPOINT_KEYS or any(k.startswith(c + ".") for c in CHECKPOINT_KEYS)}
+    return {k: v for k, v in flat.items()
+            if k in CHECKPOINT_KEYS or any(k.startswith(c + ".") for c in CHECKPOINT_KEYS)}
 
 
 def held_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -493,8 +500,9 @@ class Checkpointer:
     this run may write into the folder (a refused or failed resume leaves it as it was).
     """
 
-    REPEAT_WINDOW_S = 2.0   # a second stop signal this soon after the first is the same request (a launcher and its
-    #                         process group both delivering one preemption); later, it stops the run at once
+    REPEAT_WINDOW_S = 1.0   # a second stop signal this soon after the first is the same request (a launcher and its
+    #                         process group both delivering one preemption, within milliseconds: torchrun forwards
+    #                         SIGTERM, a terminal's Ctrl-C reaches every process); later, it stops the run at once
     ABORT_GRACE_S = 5.0     # after a second stop signal, the process exits by itself if it has not stopped by then
 
     def __init__(self, cfg, output_dir: Path, accelerator, resolved: Optional[Mapping[str, Any]] = None):
@@ -613,12 +621,12 @@ class Checkpointer:
             if not (path / META).exists() and (path / CHECKPOINTS).is_dir():
                 found, _ = _newest_intact_in(path / CHECKPOINTS, quiet=True)
                 if found is None:
-                    raise ValueError(f"train.resume={setting}: no complete checkpoint in {path / CHECKPOINTS}.")
+                    raise ResumeRefused(f"train.resume={setting}: no complete checkpoint in {path / CHECKPOINTS}.")
                 path = found[1]
             problem = checkpoint_problem(path) if path.is_dir() else "not a folder"
             if problem is not None:
-                raise ValueError(f"train.resume={setting}: {path} is not a usable checkpoint ({problem}). Pass a "
-                                 f"checkpoints/step_<k> folder or a run folder, or train.resume=auto.")
+                raise ResumeRefused(f"train.resume={setting}: {path} is not a usable checkpoint ({problem}). Pass a "
+                                    f"checkpoints/step_<k> folder or a run folder, or train.resume=auto.")
             self._check_checkpoint_settings(path, setting)
             step, damaged, prefix = int(json.loads((path / META).read_text())["step"]), [], "set_aside_"
         if step > self.steps:
@@ -959,7 +967,8 @@ class Checkpointer:
         self._first_stop_at = now
         if self.acc.is_main_process:
             print(f"\n[rlhf_exp] {name} received: saving a checkpoint at the end of this step, then stopping "
-                  f"(a second SIGTERM or Ctrl-C stops at once, keeping the newest complete checkpoint).",
+                  f"(a second SIGTERM or Ctrl-C, a second or more later, stops at once, keeping the newest complete "
+                  f"checkpoint).",
                   file=sys.stderr, flush=True)
 
     def _watch(self, reader) -> None:
