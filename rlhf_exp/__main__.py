@@ -65,6 +65,7 @@ def _group_and_tags(cfg: DictConfig) -> None:
 # Set by the command line for a single run: the failure is then reported by one line at the very end (after Hydra
 # and the libraries are done printing), not by the banner that run() prints for in-process callers and sweeps.
 _FAILURE_LINE_AT_END = False
+_FAILURE_SUMMARY: list[Path] = []     # where _report_failure wrote the failed run's summary.json (for that line)
 
 
 def _report_failure(output_dir: Path, cfg: DictConfig, error: BaseException, partial: dict[str, Any],
@@ -77,6 +78,7 @@ def _report_failure(output_dir: Path, cfg: DictConfig, error: BaseException, par
     write_summary(output_dir, {"objective": cfg.objective.get("name"), "kl_controller": cfg.kl.get("controller"),
                                "wall_s": wall_s, **partial, "status": status,
                                "traceback": "".join(traceback.format_exception(error))})
+    _FAILURE_SUMMARY.append(Path(output_dir))
     if _FAILURE_LINE_AT_END:
         return
     bar = "!" * 100
@@ -171,6 +173,9 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
             stop = again
             checkpointer.write_abort_summary(again.signame)
         finally:
+            if isinstance(stop, RunAborted) and checkpointer is not None:
+                stop.step = checkpointer.step_reached
+                stop.checkpoint = checkpointer.last_saved[1] if checkpointer.last_saved else None
             if tracker is not None:
                 tracker.close(failed=True)
             if checkpointer is not None:
@@ -223,10 +228,16 @@ def _resume_hint(output_dir: Path, stop: BaseException) -> str:
     """The line an interrupted run ends with: where its checkpoint is and the command that continues it."""
     from hydra.types import RunMode
 
+    from rlhf_exp.train.checkpoint import RunAborted
+
     saved = getattr(stop, "checkpoint", None)
-    where = f"checkpoint {saved}" if saved else "no new checkpoint (the save failed)"
     signame, step = getattr(stop, "signame", "signal"), getattr(stop, "step", "?")
-    head = f"[rlhf_exp] INTERRUPTED ({signame}) after step {step}; {where}."
+    if isinstance(stop, RunAborted):    # a second signal: stopped at once, the step it was in is lost
+        where = f"the newest complete checkpoint is {saved}" if saved else "no checkpoint was written"
+        head = f"[rlhf_exp] STOPPED at once by a second {signame} after step {step}; {where}."
+    else:
+        where = f"checkpoint {saved}" if saved else "no new checkpoint (the save failed)"
+        head = f"[rlhf_exp] INTERRUPTED ({signame}) after step {step}; {where}."
     if HydraConfig.initialized():
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
@@ -288,8 +299,8 @@ def fail_at_end(error: BaseException, output_dir: Path) -> None:
         traceback.print_exception(error)
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1     # the line must be the same on every rank (print_once)
     folder = "rank 0's run folder" if several else f"run folder {output_dir}"
-    where = f"{folder}: summary.json has the traceback" if several or (Path(output_dir) / "summary.json").exists() \
-        else folder
+    where = f"{folder}: summary.json has the traceback" if several or _FAILURE_SUMMARY else \
+        f"{folder}; no summary.json written"
     print_once(f"[rlhf_exp] RUN FAILED: {type(error).__name__}: {one_line(error)} ({where}"
                f"{'' if full else '; HYDRA_FULL_ERROR=1 prints it'})")
     raise SystemExit(1)
