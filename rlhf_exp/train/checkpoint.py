@@ -915,7 +915,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             kept, _ = _newest_intact_in(self.folder, quiet=True, hashes=False)
             since = f"step {kept[0]} ({kept[1]})" if kept else "the start of the run (no checkpoint is complete)"
-            print(f"[rlhf_exp] WARNING: the checkpoint of step {step} could not be written ({type(error).__name__}: "
+            print(f"\n[rlhf_exp] WARNING: the checkpoint of step {step} could not be written ({type(error).__name__}: "
                   f"{_one_line(error)}; {_free_space(self.folder)}). Its partial files were removed and the earlier "
                   f"checkpoints are kept; if the run stops now, steps after {since} are lost. Free disk space in "
                   f"{self.folder}; the run goes on.", file=sys.stderr, flush=True)
