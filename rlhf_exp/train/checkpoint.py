@@ -604,6 +604,12 @@ class Checkpointer:
                     f"{run_dir} holds a finished run of {summary.get('steps')} steps and no checkpoint to continue "
                     f"from (train.steps is now {self.steps}). Use another folder (hydra.run.dir=...), or start from a "
                     f"checkpoint of another run with train.resume=<path>.")
+            if found is None and self._changes and _holds_results(run_dir):
+                raise ResumeRefused(
+                    f"{run_dir} holds an earlier attempt without a usable checkpoint, with other settings: "
+                    f"{'; '.join(self._changes)}. Starting over would replace its metrics with those of another "
+                    f"experiment; nothing in the folder was changed. Run this command in another folder "
+                    f"(hydra.run.dir=<new folder>).")
             self._remove_partial_saves()
             if found is None:
                 if has_run:
