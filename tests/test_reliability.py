@@ -157,6 +157,20 @@ def test_more_steps_under_a_linear_schedule_is_refused_not_a_jump_of_the_learnin
     assert snapshot(tmp_path) == before
 
 
+def test_an_earlier_attempt_without_checkpoints_is_not_replaced_by_another_experiment(tmp_path):
+    """Metrics but no checkpoint (train.checkpoint_every=0, killed before its summary): the same command starts over
+    (as before); another setting is refused, leaving the attempt's metrics as they were."""
+    args = TINY + ["train.steps=2", "train.checkpoint_every=0", "train.save_model=false"]
+    _run(args, tmp_path)
+    (tmp_path / "summary.json").unlink()
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"earlier attempt without a usable checkpoint, with other settings: "
+                                         r"kl.kl_coef: 0.2 -> 0.3"):
+        _run(args + ["kl.kl_coef=0.3"], tmp_path)
+    assert snapshot(tmp_path) == before
+    assert _run(args, tmp_path)["status"] == "finished"
+
+
 # ------------------------------------------------------------------------------------------------ checkpoint trust
 class _Payload:
     """Unpickled, it creates the file ``path`` (any code could run instead)."""
