@@ -5,11 +5,13 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from rlhf_exp.compare import stats
+from rlhf_exp.compare.budget import AXIS_LABELS, eval_points
 from rlhf_exp.compare.runs import EVAL_KEYS, RunRecord
-from rlhf_exp.compare.tables import _mean, _std
+from rlhf_exp.compare.tables import _mean
 
-REWARD_LABEL = "final eval reward (mean reward-model score)"
-KL_LABEL = "final eval KL to reference (nats / sequence)"
+REWARD_LABEL = "eval reward (mean reward-model score)"
+KL_LABEL = "eval KL to reference (nats / sequence)"
 
 
 _MARKER_CYCLE = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
@@ -78,12 +80,21 @@ def place_labels(points: Sequence[tuple[float, float]], sizes: Sequence[tuple[fl
     return [placed[i] for i in range(len(points))]
 
 
-def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], path: Path, title: str) -> None:
-    """Final eval reward against final eval KL: one point per group (mean over seeds, error bars +-1 std), one colour
-    per objective and one marker per objective and KL controller (also in the legend), and every point labelled
-    with its objective and swept values (placed clear of each other, the markers and the legend: place_labels);
-    the policy before training
-    (KL 0, mean start reward) as a black star."""
+def _err(a: Mapping[str, Any], metric: str) -> tuple[float, float]:
+    """The distance from the mean down to the interval's low end and up to its high end (0 where unknown)."""
+    mean, low, high = (a.get(f"{metric}_{s}", math.nan) for s in ("mean", "ci_low", "ci_high"))
+    if any(math.isnan(v) for v in (mean, low, high)):
+        return 0.0, 0.0
+    return max(0.0, mean - low), max(0.0, high - mean)
+
+
+def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], path: Path, title: str,
+                  where: str = "at the end of training") -> None:
+    """Eval reward against eval KL ``where`` (the equal budget): one point per group (mean over seeds, error bars:
+    the 95% bootstrap interval of the mean), one colour per objective and one marker per objective and KL
+    controller (also in the legend), and every point labelled with its objective and swept values (placed clear
+    of each other, the markers and the legend: place_labels); the policy before training (KL 0, mean start
+    reward) as a black star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,8 +111,8 @@ def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], 
         members = sorted(members, key=lambda a: a["eval/kl_mean"])
         xs = [a["eval/kl_mean"] for a in members]
         ys = [a["eval/reward_mean_mean"] for a in members]
-        xe = [0.0 if math.isnan(a["eval/kl_std"]) else a["eval/kl_std"] for a in members]
-        ye = [0.0 if math.isnan(a["eval/reward_mean_std"]) else a["eval/reward_mean_std"] for a in members]
+        xe = list(zip(*[_err(a, "eval/kl") for a in members]))
+        ye = list(zip(*[_err(a, "eval/reward_mean") for a in members]))
         ax.errorbar(xs, ys, xerr=xe, yerr=ye, color=colors[obj], marker=_MARKER_CYCLE[k % len(_MARKER_CYCLE)],
                     markersize=7, markeredgecolor="black", markeredgewidth=0.5, linestyle="-", linewidth=0.8,
                     capsize=3, elinewidth=0.8, alpha=0.9, label=f"{obj} ({kl} KL)")
@@ -117,8 +128,8 @@ def plot_frontier(aggs: Sequence[Mapping[str, Any]], runs: Sequence[RunRecord], 
     ax.set_xlabel(KL_LABEL)
     ax.set_ylabel(REWARD_LABEL)
     n_seeds = max((a["n"] for a in pts), default=0)
-    sub = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one run per point"
-    ax.set_title(f"{title}\nreward vs KL at the end of training ({sub})", fontsize=11)
+    sub = f"mean and 95% bootstrap CI over up to {n_seeds} seeds" if n_seeds > 1 else "one run per point"
+    ax.set_title(f"{title}\nreward vs KL {where} ({sub})", fontsize=11)
     ax.grid(alpha=0.3)
     legend = ax.legend(fontsize=8, loc="lower right", numpoints=1, framealpha=0.9) if pts or not math.isnan(start) \
         else None
@@ -156,18 +167,39 @@ def _draw_point_labels(fig: Any, ax: Any, labelled: Sequence[tuple[float, float,
         note.set_in_layout(False)
 
 
-def _mean_curve(runs: Sequence[RunRecord], key: str) -> tuple[list[int], list[float], list[float]]:
-    """Mean and std over runs of ``key`` at the steps every run has."""
-    per_run = [dict(r.history.get(key, [])) for r in runs]
-    steps = sorted(set.intersection(*(set(h) for h in per_run))) if per_run else []
-    means = [_mean(h[s] for h in per_run) for s in steps]
-    stds = [_std([h[s] for h in per_run]) if len(per_run) > 1 else 0.0 for s in steps]
-    return steps, means, stds
+def mean_curve(runs: Sequence[RunRecord], key: str, axis: str = "steps"
+               ) -> tuple[list[float], list[float], list[float], list[float], bool]:
+    """``(x, mean, ci_low, ci_high, interpolated)`` of ``key`` over ``runs`` against ``axis``: at the budgets of
+    their evaluations when every run has the same ones; else on the union of their budgets within the range all
+    of them cover, each run linearly interpolated between its evaluations (``interpolated`` True). The interval:
+    95% bootstrap of the mean over the runs at each point (NaN with one run)."""
+    import numpy as np
+
+    per_run = [eval_points(r, key, axis) for r in runs]
+    per_run = [p for p in per_run if p]
+    if not per_run:
+        return [], [], [], [], False
+    xs0 = [x for x, _ in per_run[0]]
+    if all([x for x, _ in p] == xs0 for p in per_run):
+        grid, values, interpolated = xs0, [[v for _, v in p] for p in per_run], False
+    else:
+        lo, hi = max(p[0][0] for p in per_run), min(p[-1][0] for p in per_run)
+        grid = sorted({x for p in per_run for x, _ in p if lo <= x <= hi})
+        values = [list(np.interp(grid, [x for x, _ in p], [v for _, v in p])) for p in per_run]
+        interpolated = True
+    means, lows, highs = [], [], []
+    for i in range(len(grid)):
+        m, lo_, hi_ = stats.mean_ci([v[i] for v in values])
+        means.append(m)
+        lows.append(lo_)
+        highs.append(hi_)
+    return list(grid), means, lows, highs, interpolated
 
 
-def plot_curves(groups: Sequence[tuple[str, Sequence[RunRecord]]], path: Path, title: str) -> None:
-    """Eval reward (left) and eval KL (right) against the training step, one line per group (mean over its seeds,
-    band +-1 std)."""
+def plot_curves(groups: Sequence[tuple[str, Sequence[RunRecord]]], path: Path, title: str,
+                axis: str = "steps") -> None:
+    """Eval reward (left) and eval KL (right) against ``axis`` (steps, samples, tokens, FLOPs or time), one line
+    per group (mean over its seeds, band: the 95% bootstrap interval of the mean; mean_curve)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,23 +212,28 @@ def plot_curves(groups: Sequence[tuple[str, Sequence[RunRecord]]], path: Path, t
     else:
         colors = _palette(len(groups))
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=110)
+    any_interpolated = False
     for color, (label, members) in zip(colors, groups):
         for ax, key in zip(axes, EVAL_KEYS):
-            steps, means, stds = _mean_curve(members, key)
-            if not steps:
+            xs, means, lows, highs, interpolated = mean_curve(members, key, axis)
+            if not xs:
                 continue
-            ax.plot(steps, means, marker=".", color=color, label=f"{label} (n={len(members)})")
+            any_interpolated |= interpolated
+            ax.plot(xs, means, marker=".", color=color, label=f"{label} (n={len(members)})")
             if len(members) > 1:
-                lo = [m - (0 if math.isnan(s) else s) for m, s in zip(means, stds)]
-                hi = [m + (0 if math.isnan(s) else s) for m, s in zip(means, stds)]
-                ax.fill_between(steps, lo, hi, color=color, alpha=0.2, linewidth=0)
+                lo = [m if math.isnan(v) else v for m, v in zip(means, lows)]
+                hi = [m if math.isnan(v) else v for m, v in zip(means, highs)]
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
     axes[0].set_ylabel("eval reward (mean reward-model score)")
     axes[1].set_ylabel("eval KL to reference (nats / sequence)")
+    xlabel = AXIS_LABELS.get(axis, axis)
+    if axis == "steps":
+        xlabel = "training step (online: rollout + update; offline: optimizer step)"
     for ax in axes:
-        ax.set_xlabel("training step (online: rollout + update; offline: optimizer step)")
+        ax.set_xlabel(xlabel + (" (runs interpolated between evaluations)" if any_interpolated else ""))
         ax.grid(alpha=0.3)
-    axes[0].set_title("eval reward during training", fontsize=10)
-    axes[1].set_title("eval KL to the reference during training", fontsize=10)
+    axes[0].set_title("eval reward during training (mean, 95% bootstrap CI band)", fontsize=10)
+    axes[1].set_title("eval KL to the reference during training (mean, 95% bootstrap CI band)", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -204,4 +241,3 @@ def plot_curves(groups: Sequence[tuple[str, Sequence[RunRecord]]], path: Path, t
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
-

@@ -13,6 +13,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 FINISHED = "finished"
 SEED_KEY = "seed"
 EVAL_KEYS = ("eval/reward_mean", "eval/kl")
+# Further eval metrics compared when runs log them: a judge's score (eval/<judge>/reward_mean) and the win rate
+# against the initial policy.
+EXTRA_EVAL_PATTERN = re.compile(r"^eval/(?!reward/)[^/]+/reward_mean$|^eval/win_rate$")
+# Cumulative budgets, logged by the training loop at every step (docs/compare.md): --x samples|tokens|flops|time.
+BUDGET_KEYS = ("budget/samples", "budget/tokens", "budget/flops", "budget/wall_s")
 GROUP_KEYS = ("objective", "kl")  # shown as their own columns
 NOT_COMPARED = ("sweep", "run_name", "logger", "device", "hydra")  # overrides that do not change the experiment
 
@@ -23,7 +28,9 @@ class RunRecord:
 
     ``params``: the run's overrides ``{key: value-as-text}`` (``objective``, ``kl``, ``kl.kl_coef``, ``seed`` ...).
     ``config``: its resolved config (nested dict), to look up keys another run overrode and this one did not.
-    ``history``: ``{metric: [(step, value), ...]}`` of the eval metrics and ``perf/samples_per_s``.
+    ``history``: ``{metric: [(step, value), ...]}`` of the eval metrics, ``perf/samples_per_s`` and the budgets.
+    ``overrides``: the command-line overrides as given (``.hydra/overrides.yaml``; from W&B: the ``key=value`` tags).
+    ``sweep``: the run's sweep when it is a job of one: ``{"dir", "overrides", "swept"}`` (:func:`sweep_definition`).
     """
 
     name: str
@@ -33,6 +40,14 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    sweep: Optional[dict[str, Any]] = None
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        """The environment the run recorded in ``summary.json`` (``{}`` for a run from before it was recorded)."""
+        env = self.summary.get("environment")
+        return dict(env) if isinstance(env, Mapping) else {}
 
     @property
     def finished(self) -> bool:
@@ -111,6 +126,14 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+HISTORY_KEYS = EVAL_KEYS + ("perf/samples_per_s",) + BUDGET_KEYS
+
+
+def _history_keys(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    extra = sorted({k for row in rows for k in row if EXTRA_EVAL_PATTERN.match(k)})
+    return HISTORY_KEYS + tuple(extra)
+
+
 def _history(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
     hist: dict[str, list[tuple[int, float]]] = {k: [] for k in keys}
     for row in rows:
@@ -175,19 +198,69 @@ def load_run_dir(path: Path, name: Optional[str] = None) -> RunRecord:
                 config = {}
             break
     params: dict[str, str] = {}
+    overrides: list[str] = []
     hydra_yaml = path / ".hydra" / "hydra.yaml"
     try:
         if hydra_yaml.exists():
             choices = OmegaConf.load(hydra_yaml).hydra.runtime.get("choices") or {}
             params.update({k: str(v) for k, v in choices.items() if not k.startswith("hydra/") and v is not None})
         if (path / ".hydra" / "overrides.yaml").exists():
-            params.update(_parse_overrides(OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))))
+            overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))]
+            params.update(_parse_overrides(overrides))
     except Exception as e:  # noqa: BLE001 - any parse error of a damaged file
         print(f"[compare] {path}/.hydra is unreadable ({type(e).__name__}); its overrides are not shown.",
               file=sys.stderr)
-    history = _history(_read_jsonl(path / "metrics.jsonl"), EVAL_KEYS + ("perf/samples_per_s",))
+    rows = _read_jsonl(path / "metrics.jsonl")
+    history = _history(rows, _history_keys(rows))
     return RunRecord(name=name or path.name, source=str(path), status=status, params=params, config=config,
-                     summary=summary, history=history)
+                     summary=summary, history=history, overrides=overrides, sweep=sweep_definition(path.parent))
+
+
+def _sweep_keys(items: Iterable[str]) -> list[str]:
+    """The keys of the sweep overrides among ``items`` (``objective=grpo,rloo``, ``seed=range(3)``,
+    ``kl.kl_coef=interval(0.01,0.1)``), parsed with Hydra's override grammar."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    keys = []
+    for item in items:
+        try:
+            override = parser.parse_override(str(item))
+        except Exception:  # noqa: BLE001 - an override this Hydra cannot parse: judge by its text
+            if "=" in str(item) and re.search(r"[,(]", str(item).split("=", 1)[1]):
+                keys.append(str(item).split("=", 1)[0].lstrip("+~"))
+            continue
+        if override.is_sweep_override():
+            keys.append(override.key_or_group)
+    return list(dict.fromkeys(keys))
+
+
+_SWEEPS: dict[str, Optional[dict[str, Any]]] = {}
+
+
+def sweep_definition(folder: Path) -> Optional[dict[str, Any]]:
+    """The sweep whose folder is ``folder`` (it holds Hydra's ``multirun.yaml``): ``{"dir": folder, "overrides":
+    the command-line overrides of the sweep, "swept": the keys it swept}`` (the sweeper's ``params``, from a
+    ``sweep=...`` config, included); None when ``folder`` is no sweep folder or its file is unreadable."""
+    from omegaconf import OmegaConf
+
+    key = str(Path(folder).resolve())
+    if key not in _SWEEPS:
+        definition = None
+        path = Path(folder) / "multirun.yaml"
+        if path.exists():
+            try:
+                hydra = OmegaConf.load(path).hydra
+                task = [str(o) for o in (hydra.overrides.task or [])]
+                params = hydra.sweeper.get("params") if "sweeper" in hydra else None
+                params = OmegaConf.to_container(params) if params is not None else {}
+                items = task + [f"{k}={v}" for k, v in (params or {}).items()]
+                definition = {"dir": str(folder), "overrides": task, "swept": _sweep_keys(items)}
+            except Exception as e:  # noqa: BLE001 - a damaged file costs the sweep definition only
+                print(f"[compare] {path} is unreadable ({type(e).__name__}); its sweep definition is not used.",
+                      file=sys.stderr)
+        _SWEEPS[key] = definition
+    return _SWEEPS[key]
 
 
 # ------------------------------------------------------------------------------------------------- W&B runs
@@ -199,20 +272,30 @@ def record_from_wandb_run(run: Any) -> RunRecord:
     state = str(getattr(run, "state", "") or "")
     status = str(summary.get("status") or (FINISHED if state == "finished" else f"no summary (W&B state {state})"))
     history = _history(run.scan_history(keys=["_step", *EVAL_KEYS]), EVAL_KEYS)
-    history.update(_history(run.scan_history(keys=["_step", "perf/samples_per_s"]), ("perf/samples_per_s",)))
+    for key in ("perf/samples_per_s", *BUDGET_KEYS, *sorted(k for k in summary if EXTRA_EVAL_PATTERN.match(k))):
+        history.update(_history(run.scan_history(keys=["_step", key]), (key,)))
+    tags = [str(t) for t in (run.tags or [])]
     return RunRecord(name=str(run.name), source=str(getattr(run, "url", "") or run.name), status=status,
-                     params=_parse_overrides(run.tags or []), config=dict(run.config or {}), summary=summary,
-                     history=history)
+                     params=_parse_overrides(tags), config=dict(run.config or {}), summary=summary,
+                     history=history, overrides=[t for t in tags if "=" in t])
 
 
 def load_wandb_runs(path: str, group: Optional[str] = None, sweep: Optional[str] = None) -> list[RunRecord]:
     """The runs of W&B project ``entity/project``: of one group (a Hydra multirun) or of one W&B sweep when given,
-    through ``wandb.Api`` (needs W&B credentials and network)."""
+    through ``wandb.Api`` (needs W&B credentials and network). A W&B sweep's parameters are its swept keys."""
     import wandb
 
     api = wandb.Api()
-    runs = api.sweep(f"{path}/{sweep}").runs if sweep else api.runs(path, filters={"group": group} if group else None)
+    if sweep:
+        sweep_obj = api.sweep(f"{path}/{sweep}")
+        runs = sweep_obj.runs
+        swept = list((getattr(sweep_obj, "config", None) or {}).get("parameters") or {})
+        definition = {"dir": f"{path}/{sweep}", "overrides": [], "swept": swept} if swept else None
+    else:
+        runs, definition = api.runs(path, filters={"group": group} if group else None), None
     records = [record_from_wandb_run(r) for r in runs]
+    for r in records:
+        r.sweep = definition
     if not records:
         what = f" with group {group!r}" if group else f" in sweep {sweep!r}" if sweep else ""
         raise LookupError(f"No W&B runs in {path}{what}.")
