@@ -28,34 +28,37 @@ def question(runs: Sequence[RunRecord], declared: Optional[Sequence[str]] = None
     """The keys the comparison is about, objective and kl first and seed last, and where they come from:
 
     - ``declared`` (``--swept``) when given;
-    - else the keys swept by the runs' sweeps (each multirun's ``multirun.yaml``, a W&B sweep's parameters);
-    - else, for runs from no sweep, the config groups whose choice differs between them (``objective``, ``kl``,
-      ``model`` ...), or when none does, every override whose value differs.
+    - else the keys swept by the runs' sweeps (each multirun's ``multirun.yaml``, a W&B sweep's parameters), and,
+      when the runs come from more than one sweep or from none, the config groups whose choice differs between
+      them (``objective``, ``kl``, ``model`` ...);
+    - when that leaves nothing but the seed, every override whose value differs.
 
-    Only keys whose values differ between the runs are kept (and ``seed``, the replicate key, when it differs)."""
-    override_keys = sorted({k for r in runs for k in r.params if k.split(".")[0] not in NOT_COMPARED})
+    Only keys whose values differ between the runs are kept (and ``seed``, the replicate key, when it differs).
+    Everything else that differs is a confound (confounds.py)."""
     if declared:
         return _order(_differing(runs, [*declared, SEED_KEY])), "named with --swept"
+    override_keys = sorted({k for r in runs for k in r.params if k.split(".")[0] not in NOT_COMPARED})
     in_sweep = [r for r in runs if r.sweep]
-    loose = [r for r in runs if not r.sweep]
-    keys: list[str] = []
-    how = []
-    if in_sweep:
-        dirs = sorted({r.sweep["dir"] for r in in_sweep})
-        keys += [k for r in in_sweep for k in r.sweep["swept"]]
-        how.append(f"swept in {'the sweep' if len(dirs) == 1 else f'{len(dirs)} sweeps'} "
-                   f"({', '.join(dirs)}: multirun.yaml)")
-    if loose:
+    dirs = sorted({r.sweep["dir"] for r in in_sweep})
+    loose = len(runs) - len(in_sweep)
+    keys = [k for r in in_sweep for k in r.sweep["swept"]]
+    how = [f"swept in the sweep {dirs[0]} (its multirun.yaml)" if len(dirs) == 1 else
+           f"swept in {len(dirs)} sweeps: {', '.join(dirs)} (their multirun.yaml)"] if dirs else []
+    if len(dirs) + (loose > 0) > 1 or loose:
         from rlhf_exp.config import config_groups
 
         groups = set(config_groups()) - {"sweep", "logger"}
-        differing = _differing(runs, override_keys)
-        chosen = [k for k in differing if k in groups] or differing
+        chosen = [k for k in _differing(runs, override_keys) if k in groups]
         keys += chosen
-        how.append(f"{len(loose)} run(s) from no sweep: " + (
-            "the config groups whose choice differs" if chosen and set(chosen) <= groups
-            else "the overrides whose values differ"))
-    return _order(_differing(runs, keys)), "; ".join(how)
+        if chosen:
+            how.append(f"the config groups whose choice differs between "
+                       f"{'sweeps' if not loose else 'runs from no sweep' if not dirs else 'sweeps and runs'}")
+    if not [k for k in _differing(runs, keys) if k != SEED_KEY]:
+        differing = [k for k in _differing(runs, override_keys) if k != SEED_KEY]
+        if differing:
+            keys += differing
+            how.append("the overrides whose values differ (nothing else did)")
+    return _order(_differing(runs, [*keys, SEED_KEY])), "; ".join(how) or "nothing differs but the seed"
 
 
 def swept_keys(runs: Sequence[RunRecord], declared: Optional[Sequence[str]] = None) -> list[str]:
