@@ -275,6 +275,10 @@ def test_improvement_names_an_unknown_group_and_lists_the_groups(tmp_path, capsy
     assert main([str(sweep), "--out", str(tmp_path / "cmp"), "--improvement", "ppo", "rloo"]) == 2
     assert "--improvement 'ppo' matches no group; the groups are: grpo adaptive; rloo adaptive" in \
         capsys.readouterr().err
+    assert main([str(sweep), "--out", str(tmp_path / "cmp"), "--improvement", "grpo", "rloo", "--metric",
+                 "eval/gold"]) == 2
+    assert "--metric eval/gold: not a compared metric; compared: eval/reward_mean, eval/kl, wall_s, samples_per_s" \
+        in capsys.readouterr().err
 
 
 def test_wandb_runs_give_the_same_report_and_the_tables_are_logged(tmp_path, monkeypatch, capsys):

@@ -177,6 +177,8 @@ def improvement(aggs: Sequence[Mapping[str, Any]], a: str, b: str, metric: str =
     """The probability that a run of group ``a`` scores higher on ``metric`` than a run of group ``b`` (ties
     half), with its 95% bootstrap interval (stats.probability_of_improvement_ci)."""
     ga, gb = find_group(aggs, a), find_group(aggs, b)
+    if metric not in ga["_values"]:
+        raise LookupError(f"--metric {metric}: not a compared metric; compared: {', '.join(ga['_values'])}.")
     xa, xb = ga["_values"].get(metric, []), gb["_values"].get(metric, [])
     p, low, high = stats.probability_of_improvement_ci(xa, xb)
     return {"a": ga["label"], "b": gb["label"], "metric": metric, "p": p, "ci_low": low, "ci_high": high,
