@@ -223,6 +223,16 @@ def test_compare_writes_tables_and_readable_plots(tiny_sweep, tmp_path, capsys):
         assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
 
 
+def test_summary_records_the_environment(tiny_sweep):
+    """A real run's summary.json (finished or refused at validation) holds the environment it ran in."""
+    import torch
+
+    for job in sorted(p for p in tiny_sweep["dir"].iterdir() if p.is_dir()):
+        env = json.loads((job / "summary.json").read_text())["environment"]
+        assert env["packages"]["torch"] == torch.__version__ and env["world_size"] == 1
+        assert env["device"]["type"] == "cpu" and set(env["git"]) == {"commit", "dirty"}
+
+
 def test_compare_explains_a_folder_without_runs(tmp_path, capsys):
     from rlhf_exp.compare import main
 
