@@ -2,6 +2,7 @@
 closest key named (Hydra's own advice for a typo, ``+key=value``, would add a stray key or run the default)."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 from rlhf_exp.config.errors import ConfigError, closest
@@ -97,24 +98,40 @@ def _missing_key_error(cfg, key: str, choices: dict, o) -> Optional[ConfigError]
 def _message(key: str, parent: str, part: str, known: list[str], choices: dict, o) -> str:
     group = key.split(".", 1)[0]
     value = o.get_value_element_as_str() if o.is_sweep_override() else _as_text(o.value())
-    where = f"{group}={choices.get(group)}" if parent == group else parent
-    head = f"Unknown config key {key!r}: {where} has no {part!r}"
+    chosen = f"{group}={choices.get(group)}"
+    head = f"Unknown config key {key!r}: {chosen if parent == group else parent} has no {part!r}"
     guess = closest(part, known)
     if guess:
         fixed = ".".join([parent, guess] + key.split(".")[len(parent.split(".")) + 1:])
         return f"{head}. Did you mean {guess} ({fixed}={value})?"
-    if parent == group:
-        owners = [opt for opt in group_options(group) if opt != choices.get(group) and _declares(group, opt, part)]
+    if parent == group:   # a setting of other options of the group (kl.target with kl=fixed), or a typo of one
+        others = {opt: _keys_of(group, opt) for opt in group_options(group) if opt != choices.get(group)}
+        owners = [opt for opt, keys in others.items() if part in keys]
         if owners:
             return (f"{head}: {part} is a setting of {' | '.join(f'{group}={x}' for x in owners)}, which the chosen "
                     f"option has no use for. Pick one of those, or drop {key}.")
-    return f"{head} (it has: {', '.join(known) or 'nothing'}). To add a new entry write +{key}={value}."
+        guess = closest(part, sorted({k for keys in others.values() for k in keys}))
+        if guess:
+            owners = [opt for opt, keys in others.items() if guess in keys]
+            return (f"{head}. Did you mean {guess}? It is a setting of {' | '.join(f'{group}={x}' for x in owners)}, "
+                    f"not of {chosen}.")
+    head += f" (it has: {', '.join(known) or 'nothing'})"
+    if free_mapping(parent):
+        return f"{head}. To add a new entry write +{key}={value}."
+    return f"{head}."
 
 
-def _declares(group: str, option: str, key: str) -> bool:
-    """Whether ``group=option`` has the setting ``key`` (composed: options build on others and on _global_)."""
+def free_mapping(path: str) -> bool:
+    """Whether ``path`` holds a mapping whose keys are the user's to choose (``reward_model.parts``,
+    ``reward_model.kwargs``, ``dataset.data_files``): there a new key is added with ``+``."""
+    return path.rsplit(".", 1)[-1] in ("parts", "kwargs", "data_files")
+
+
+@functools.lru_cache(maxsize=None)
+def _keys_of(group: str, option: str) -> frozenset:
+    """The settings of ``group=option`` (composed: options build on others and on _global_ files)."""
     cfg = _compose([f"{group}={option}"])
-    return cfg is not None and key in cfg[group]
+    return frozenset(str(k) for k in cfg[group].keys()) if cfg is not None else frozenset()
 
 
 def _as_text(value: Any) -> str:

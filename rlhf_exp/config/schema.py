@@ -215,6 +215,8 @@ class ObjectiveBase(Block):
 
 @dataclass
 class OnlineObjectiveBase(ObjectiveBase):
+    """Objectives trained on rollouts of the policy (rlhf_exp/train/online.py)."""
+
     adaptive_kl_coef: float = setting("kl=adaptive's initial kl.kl_coef for this objective (kl.kl_coef=<x> wins)",
                                       above(0, "the adaptive controller multiplies it: 0 would stay 0"))
     adaptive_kl_horizon: float = setting(
@@ -228,6 +230,8 @@ class OnlineObjectiveBase(ObjectiveBase):
 
 @dataclass
 class OfflineObjectiveBase(ObjectiveBase):
+    """Objectives trained on a dataset of records (rlhf_exp/train/offline.py)."""
+
     max_length: int = setting("prompt + completion tokens of a record (longer ones are cut)", at_least(1))
     max_prompt_tokens: Optional[int] = setting("cut prompts to their last N tokens; null = only max_length",
                                                at_least(1))
@@ -240,7 +244,7 @@ KL_ESTIMATORS = ("k1", "k2", "k3", "abs", "full")
 @dataclass
 class KLBase(Block):
     source: ClassVar[str] = "conf/kl/"
-    controller: str = setting("fixed | adaptive | none")
+    controller: str = setting("the controller of the coefficient (picks the settings below)")
     kl_coef: float = setting("the KL coefficient beta (kl=adaptive: its initial value)", at_least(0))
     estimator: Optional[Literal[KL_ESTIMATORS]] = setting(  # type: ignore[valid-type]
         "per-token KL estimator; null = the objective's default (k1 for PPO)")
@@ -313,7 +317,7 @@ class RewardBase(Block):
     source: ClassVar[str] = "conf/reward_model/"
     preset: ClassVar[str] = ""
     name: str = setting("the reward's name in logs and error messages (a composite part: its key in parts)")
-    kind: str = setting("which reward (a key of the reward_model registry)")
+    kind: str = setting("which reward (picks the settings below)")
 
 
 @dataclass
@@ -397,7 +401,7 @@ class CompositeReward(RewardBase):
 class DatasetBase(Block):
     source: ClassVar[str] = "conf/dataset/"
     name: str = setting("the option's name (messages)")
-    kind: str = setting("tiny_reviews | hf | files")
+    kind: str = setting("where the data comes from (picks the settings below)")
     train_size: Optional[int] = setting("online training prompts; null = all", at_least(1))
     eval_size: int = setting("held-out prompts (online runs; the policy evaluation of offline runs)", at_least(1))
     offline_train_size: Optional[int] = setting("offline training records (pairs for reward/dpo); null = all",
@@ -477,7 +481,7 @@ class FilesDataset(TableDataset):
 @dataclass
 class LoggerBase(Block):
     source: ClassVar[str] = "conf/logger/"
-    kind: str = setting("wandb | tensorboard | none (metrics.jsonl is always written)")
+    kind: str = setting("where metrics go (metrics.jsonl is always written)")
 
 
 @dataclass
@@ -674,8 +678,10 @@ def check_block(block: Any, schema: type, path: str, group: Optional[str] = None
                 ok = bool(r.ok(value))
             except (TypeError, ValueError):
                 ok = False
-            if not ok or (_is_number(value) and not math.isfinite(value)):
-                raise ConfigError(f"{_join(path, key)} must be {range_text(f, tp)}, got {value!r}.")
+            finite = not _is_number(value) or math.isfinite(value)
+            if not ok or not finite:
+                what = range_text(f, tp) if finite else f"a finite number {range_text(f, tp)}"
+                raise ConfigError(f"{_join(path, key)} must be {what}, got {value!r}.")
     schema.check_more(block, path)
 
 

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf_exp.config.errors import ConfigError, closest
 from rlhf_exp.config.paths import config_groups, group_options
-from rlhf_exp.config.schema import GROUPS, OFFLINE, Run, check_block, check_kind, complete_reward, settings_of
+from rlhf_exp.config.schema import (GROUPS, OFFLINE, VLLM, Run, check_block, check_kind, complete_reward,
+                                    settings_of)
 
 
 def resolved(cfg) -> dict:
@@ -219,7 +220,8 @@ IGNORED: list[Ignored] = [
                                                     "model.lora.r=<rank> for LoRA", True),
     Ignored(("generation.vllm.importance_cap",), lambda c: not c["generation"]["vllm"]["importance_correction"],
             "it caps the weights of generation.vllm.importance_correction, which is false", True),
-    Ignored(("generation.vllm.*",), lambda c: c["generation"]["backend"] != "vllm",
+    Ignored(tuple(f"generation.vllm.{k}" for k in settings_of(VLLM) if not k.startswith("importance_")),
+            lambda c: c["generation"]["backend"] != "vllm",
             "vLLM engine settings apply to generation.backend=vllm only", False),
     Ignored(("kl.track",), lambda c: not _offline(c) and _kl_used(c) and not c["kl"]["track"],
             "the KL enters the loss or the reward (or drives kl=adaptive), so it is measured at every step anyway",
