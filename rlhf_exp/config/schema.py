@@ -275,7 +275,8 @@ class NoKL(KLBase):
 
     kl_coef: float = setting(
         "always 0", Range(lambda v: v == 0, "0 with kl=none",
-                          "kl=none has no KL penalty; for one use kl=fixed or kl=adaptive with kl.kl_coef=<x>"))
+                          "kl=none has no KL penalty: for one, use kl=fixed or kl=adaptive with kl.kl_coef=<x>; "
+                          "offline objectives have none (dpo and kto: objective.beta)"))
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -393,7 +394,7 @@ class CompositeReward(RewardBase):
                 raise ConfigError(f"{where}.weight must be a number, got {_describe(weight)}.")
             sub = {k: v for k, v in part.items() if k != "weight"}
             sub["name"] = str(name)
-            check_kind("reward_model", complete_reward(sub, where), where)
+            check_kind("reward_model", complete_reward(sub), where)
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -716,7 +717,7 @@ def _preset(name: str):
     return OmegaConf.load(CONFIG_DIR / "reward_model" / f"{name}.yaml")
 
 
-def complete_reward(cfg: Any, option: str = "reward_model") -> dict:
+def complete_reward(cfg: Any) -> dict:
     """A reward config with the keys it leaves out taken from its kind's preset (``conf/reward_model/<preset>``):
     what a composite part written inline (``+reward_model.parts.fmt={kind: function, fn: regex_match,
     weight: 0.5}``) runs with. Keys it gives are kept as they are (not merged into); a kind without a schema is

@@ -107,7 +107,7 @@ def build_reward_model(cfg: Mapping[str, Any], option: str = "reward_model") -> 
         raise ValueError(f"Unknown {option}.kind {kind!r}. Valid: {', '.join(sorted(REWARD_KINDS))}.")
     # keys a config leaves out (a composite part written inline: +reward_model.parts.x={kind: ..., weight: ...})
     # come from its kind's preset in conf/reward_model/, which the config schema names: the yaml's defaults
-    cfg = complete_reward(cfg, option)
+    cfg = complete_reward(cfg)
     factory = REWARD_KINDS[kind]
     if len(inspect.signature(factory).parameters) >= 2:
         return factory(cfg, option)
