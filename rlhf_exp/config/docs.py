@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Any, Iterator, Optional
 
-from rlhf_exp.config.paths import CONFIG_DIR, group_options
+from rlhf_exp.config.paths import CONFIG_DIR, config_groups, group_options
 from rlhf_exp.config.schema import GROUPS, Run, range_text, settings_of
 from rlhf_exp.config.validation import IGNORED
 
@@ -134,7 +134,7 @@ def _run_section(compose: _Composer) -> list[str]:
     base = compose([])
     out = ["## Run settings (conf/config.yaml)", ""]
     changed: dict[str, list[str]] = {}
-    for group in GROUPS:
+    for group in [g for g in config_groups() if g != "sweep"]:   # sweeps set Hydra's sweeper, not settings
         for option in group_options(group):
             cfg = compose([f"{group}={option}"])
             for key, _, _ in _flat_settings(Run):
