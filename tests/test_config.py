@@ -333,12 +333,6 @@ def _validate_cli(overrides):
 REFUSED = [
     (["kl=none", "kl.kl_coef=0.5"], "kl.kl_coef must be 0 with kl=none"),
     (["kl=none", "kl.in_reward=true"], "kl.in_reward=True has no effect with kl=none"),
-    (["objective=dpo", "kl.estimator=k3"], "kl.estimator=k3 has no effect here: offline objectives have no KL"),
-    (["objective=dpo", "train.epochs=3"], "train.epochs=3 has no effect with objective=dpo"),
-    (["objective=sft", "reward.scale=2"], "reward.scale=2 has no effect here: reward preprocessing applies"),
-    (["objective=sft", "dataset.train_size=100"], "dataset.train_size=100 has no effect here: offline runs"),
-    (["dataset.offline_train_size=100"], "dataset.offline_train_size=100 has no effect here: online runs"),
-    (["objective=dpo", "eval.do_sample=false", "generation.top_k=5"], "generation.top_k=5 has no effect here"),
     (["model.lora.alpha=32"], "model.lora.alpha=32 has no effect here: model.lora.r=0 is full fine-tuning"),
     (["generation.vllm.importance_cap=3"], "generation.vllm.importance_cap=3 has no effect here"),
     (["train.warmup_steps=10"], "train.warmup_steps=10 has no effect with train.lr_schedule=constant"),
@@ -365,11 +359,18 @@ def test_the_same_settings_are_accepted_where_they_apply(overrides):
 
 
 @pytest.mark.parametrize("overrides,message", [
+    (["objective=dpo", "kl.estimator=k3"], "kl.estimator=k3 has no effect here: offline objectives have no KL"),
+    (["objective=dpo", "kl.kl_coef=0.5"], "kl.kl_coef=0.5 has no effect here: offline objectives have no KL"),
+    (["objective=dpo", "train.epochs=3"], "train.epochs=3 has no effect here: offline objectives make one"),
+    (["objective=sft", "reward.scale=2"], "reward.scale=2 has no effect here: reward preprocessing applies"),
+    (["objective=sft", "dataset.train_size=100"], "dataset.train_size=100 has no effect here: offline runs"),
+    (["dataset.offline_train_size=100"], "dataset.offline_train_size=100 has no effect here: online runs"),
+    (["objective=dpo", "eval.do_sample=false", "generation.top_k=5"], "generation.top_k=5 has no effect here"),
     (["generation.vllm.enforce_eager=true"], "generation.vllm.enforce_eager=True has no effect here: vLLM engine"),
     (["kl.track=false"], "kl.track=False has no effect here: the KL enters the loss or the reward"),
     (["train.checkpoint_every=0", "train.keep_checkpoints=5"], "train.keep_checkpoints=5 has no effect here"),
 ])
-def test_a_setting_that_would_only_change_speed_or_logging_is_warned_about(overrides, message, capsys):
+def test_a_setting_of_the_other_kind_of_objective_or_of_speed_alone_is_warned_about(overrides, message, capsys):
     warnings = _validate_cli(overrides)
     assert len(warnings) == 1 and message in warnings[0]
     assert f"[rlhf_exp] warning: {warnings[0]}" in capsys.readouterr().err

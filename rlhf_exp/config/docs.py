@@ -28,15 +28,16 @@ run folder. A key of the wrong option (`kl.target` with `kl=fixed`, `reward_mode
 `logger.project` with `logger=none`) is refused with the options that have it.
 
 A setting that the chosen options ignore is refused when the run would have come out differently had it applied
-(you expect an effect on what is trained or measured), and warned about (`[rlhf_exp] warning: ...`) when it would
-only have changed speed, memory or logging. Those reported from the command line:
+(you expect an effect on what is trained or measured). It is warned about (`[rlhf_exp] warning: ...`) when it would
+only have changed speed, memory or logging, and when it belongs to the other kind of objective (online settings in
+an offline run and the reverse): one command line often serves both, in a pipeline (`sweeps/pipeline.sh` passes its
+arguments to every stage) or in a sweep over online and offline objectives. Those reported from the command line:
 
 {ignored}
 
-Also refused whatever sets them: `kl.kl_coef` other than 0 or `kl.in_reward` with `kl=none`; `train.epochs` other
-than 1 with an offline objective (one optimizer step per batch); `train.warmup_steps` with
-`train.lr_schedule=constant` (it has no warm-up); only one of `dataset.prompt_min_tokens` and
-`dataset.prompt_max_tokens`.
+Also refused whatever sets them: `kl.kl_coef` other than 0 or `kl.in_reward` with `kl=none` in an online run;
+`train.warmup_steps` with `train.lr_schedule=constant` (it has no warm-up); only one of `dataset.prompt_min_tokens`
+and `dataset.prompt_max_tokens`.
 
 A composite reward's part written inline (`+reward_model.parts.fmt={{kind: function, fn: regex_match, weight:
 0.5}}`) takes the settings it leaves out from its kind's preset (the `reward_model` option named below for each kind).

@@ -51,10 +51,6 @@ def within(lo, hi, *, open_lo: bool = False, open_hi: bool = False, note: str = 
     return Range(ok, f"in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}", note)
 
 
-def finite(note: str = "") -> Range:
-    return Range(lambda v: math.isfinite(v), "a finite number", note)
-
-
 def setting(doc: str, range: Range | None = None, *, absent_ok: bool = False) -> Any:
     """One setting of a block: ``doc`` (one line), ``range`` (None: any value of its type) and ``absent_ok`` (the
     key may be missing from an option's yaml; the doc says what its absence means)."""
@@ -273,10 +269,8 @@ class AdaptiveKL(KLBase):
 class NoKL(KLBase):
     """No KL penalty; the KL is still measured (train/kl) unless track=false."""
 
-    kl_coef: float = setting(
-        "always 0", Range(lambda v: v == 0, "0 with kl=none",
-                          "kl=none has no KL penalty: for one, use kl=fixed or kl=adaptive with kl.kl_coef=<x>; "
-                          "offline objectives have none (dpo and kto: objective.beta)"))
+    kl_coef: float = setting("0: no penalty (another value is refused in an online run: use kl=fixed or "
+                             "kl=adaptive)", at_least(0))
 
 
 # ------------------------------------------------------------------------------------------------ model

@@ -2,11 +2,14 @@
 the checks that involve several settings, then the settings the chosen options ignore.
 
 Settings a chosen option ignores are refused when the run would have come out differently had they applied (the
-user expects an effect on what is trained or measured: ``kl=none kl.kl_coef=0.5``, ``train.epochs=3`` for an offline
-objective, LoRA settings with ``model.lora.r=0``), and only warned about when they would have changed speed, memory
-or logging alone (``kl.track=false`` while the KL is used, vLLM engine settings with ``generation.backend=hf``). A
-key that the chosen option does not have at all (``kl.target`` with ``kl=fixed``, ``reward_model.label`` with a
-function reward) is an unknown key, refused with the option that has it.
+user expects an effect on what is trained or measured: ``kl=none kl.kl_coef=0.5``, LoRA settings with
+``model.lora.r=0``, ``train.warmup_steps`` with the constant schedule). They are only warned about when they would
+have changed speed, memory or logging alone (``kl.track=false`` while the KL is used, vLLM engine settings with
+``generation.backend=hf``), and when they belong to the other kind of objective (``kl.*``, ``reward.*``,
+``train.epochs``, ``dataset.train_size`` in an offline run; ``dataset.offline_*`` in an online one): one command
+line often serves both, in a pipeline (sweeps/pipeline.sh passes its arguments to every stage) or in a sweep over
+online and offline objectives. A key that the chosen option does not have at all (``kl.target`` with ``kl=fixed``,
+``reward_model.label`` with a function reward) is an unknown key, refused with the option that has it.
 """
 from __future__ import annotations
 
@@ -205,21 +208,23 @@ def _kl_used(c: dict) -> bool:
 
 
 IGNORED: list[Ignored] = [
-    Ignored(("kl.*",), _offline, "offline objectives have no KL controller (dpo and kto: objective.beta sets the "
-                                 "strength of their implicit KL constraint)", True),
-    Ignored(("reward.*",), _offline, "reward preprocessing applies to the rewards of online training; offline runs "
-                                     "evaluate the policy on raw task rewards", True),
-    Ignored(("dataset.train_size",), _offline, "offline runs train on dataset.offline_train_size records", True),
-    Ignored(("dataset.offline_train_size", "dataset.offline_eval_size"), lambda c: not _offline(c),
-            "online runs read dataset.train_size and dataset.eval_size prompts", True),
-    Ignored(("generation.top_k", "generation.top_p"),
-            lambda c: not c["eval"]["do_sample"] and (_offline(c) or c["train"]["steps"] == 0),
-            "no training rollouts are sampled here and the evaluation decodes greedily (eval.do_sample=false)", True),
     Ignored(("model.lora.alpha", "model.lora.dropout", "model.lora.target_modules", "model.lora.save"),
             lambda c: c["model"]["lora"]["r"] == 0, "model.lora.r=0 is full fine-tuning (no adapters); set "
                                                     "model.lora.r=<rank> for LoRA", True),
     Ignored(("generation.vllm.importance_cap",), lambda c: not c["generation"]["vllm"]["importance_correction"],
             "it caps the weights of generation.vllm.importance_correction, which is false", True),
+    Ignored(("kl.*",), _offline, "offline objectives have no KL controller (dpo and kto: objective.beta sets the "
+                                 "strength of their implicit KL constraint)", False),
+    Ignored(("reward.*",), _offline, "reward preprocessing applies to the rewards of online training; offline runs "
+                                     "evaluate the policy on raw task rewards", False),
+    Ignored(("train.epochs",), _offline, "offline objectives make one optimizer step per batch (train.steps sets "
+                                         "the length)", False),
+    Ignored(("dataset.train_size",), _offline, "offline runs train on dataset.offline_train_size records", False),
+    Ignored(("dataset.offline_train_size", "dataset.offline_eval_size"), lambda c: not _offline(c),
+            "online runs read dataset.train_size and dataset.eval_size prompts", False),
+    Ignored(("generation.top_k", "generation.top_p"),
+            lambda c: not c["eval"]["do_sample"] and (_offline(c) or c["train"]["steps"] == 0),
+            "no training rollouts are sampled here and the evaluation decodes greedily (eval.do_sample=false)", False),
     Ignored(tuple(f"generation.vllm.{k}" for k in settings_of(VLLM) if not k.startswith("importance_")),
             lambda c: c["generation"]["backend"] != "vllm",
             "vLLM engine settings apply to generation.backend=vllm only", False),
@@ -234,13 +239,13 @@ IGNORED: list[Ignored] = [
 def _check_values_the_options_ignore(c: dict) -> None:
     """Ignored settings that show in their values (whoever set them: command line, sweep or yaml)."""
     kl, train = c["kl"], c["train"]
-    if kl["controller"] == "none" and kl["in_reward"] is not None:
-        raise ConfigError(f"kl.in_reward={kl['in_reward']} has no effect with kl=none (no KL penalty to place); "
-                          f"use kl=fixed or kl=adaptive, or drop it.")
-    if _offline(c) and train["epochs"] != 1:
-        raise ConfigError(f"train.epochs={train['epochs']} has no effect with objective={c['objective']['name']}: "
-                          f"offline objectives make one optimizer step per batch (train.steps sets the length); "
-                          f"drop it.")
+    if kl["controller"] == "none" and not _offline(c):   # offline runs: a warning (see IGNORED)
+        if kl["kl_coef"] != 0:
+            raise ConfigError(f"kl.kl_coef must be 0 with kl=none (kl=none has no KL penalty: for one, use kl=fixed "
+                              f"or kl=adaptive with kl.kl_coef=<x>), got {kl['kl_coef']!r}.")
+        if kl["in_reward"] is not None:
+            raise ConfigError(f"kl.in_reward={kl['in_reward']} has no effect with kl=none (no KL penalty to place); "
+                              f"use kl=fixed or kl=adaptive, or drop it.")
     if train["warmup_steps"] > 0 and train["lr_schedule"] == "constant":
         raise ConfigError(f"train.warmup_steps={train['warmup_steps']} has no effect with train.lr_schedule="
                           f"constant (transformers' constant schedule has no warm-up); use "
