@@ -319,7 +319,7 @@ class RewardBase(Block):
 class ClassifierReward(RewardBase):
     """Any AutoModelForSequenceClassification; the reward is one label's output."""
 
-    preset: ClassVar[str] = "tiny_sentiment"
+    preset: ClassVar[str] = "distilbert_imdb"
     path: str = setting("hub id or local folder of the classifier")
     label: Union[str, int] = setting("label name or index whose output is the reward")
     output: Literal["logit", "prob", "log_prob"] = setting("which output of that label")
