@@ -160,7 +160,7 @@ class Tracker:
                  run_name: str, enabled: bool = True):
         self.output_dir = Path(output_dir)
         self.enabled = enabled
-        self.kind = logger_cfg.get("kind", "none")
+        self.kind = logger_cfg["kind"]
         self._wandb = None
         self._tb = None
         self._sample_rows: list[list[Any]] = []
@@ -204,7 +204,7 @@ class Tracker:
             run_id = secrets.token_hex(4)          # not the global random module: that is seeded run state
             id_file.write_text(run_id + "\n")
         kwargs = dict(id=run_id, resume="allow",
-                      project=cfg.get("project", "rlhf_exp"), entity=cfg.get("entity"), group=cfg.get("group"),
+                      project=cfg["project"], entity=cfg.get("entity"), group=cfg.get("group"),
                       job_type=cfg.get("job_type"), name=run_name, tags=tags or None, config=dict(run_config),
                       dir=str(self.output_dir), reinit="finish_previous")
         try:

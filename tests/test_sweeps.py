@@ -148,8 +148,9 @@ def test_multirun_keeps_going_after_a_failed_job_and_exits_nonzero(tiny_sweep):
     statuses = {j.name[:3]: json.loads((j / "summary.json").read_text())["status"] for j in jobs}
     assert statuses["000"] == statuses["002"] == "finished", proc.stderr[-3000:]
     for failed in ("001", "003"):
-        assert statuses[failed] == "failed: ConfigError: train.steps must be >= 0 (0 = evaluate only), got -1."
-    assert proc.stderr.count("not started: train.steps must be >= 0") == 2
+        assert statuses[failed] == ("failed: ConfigError: train.steps must be an integer >= 0 (0 = evaluate only), "
+                                    "got -1.")
+    assert proc.stderr.count("not started: train.steps must be an integer >= 0") == 2
     failed_summary = json.loads((jobs[1] / "summary.json").read_text())
     assert failed_summary["objective"] == "ppo"
     # The sweep ends (after Hydra's report of the failed job) with its folder and the compare command for it.
