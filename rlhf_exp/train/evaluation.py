@@ -36,7 +36,7 @@ from rlhf_exp.metrics import text_monitors
 from rlhf_exp.modeling import PolicyModel, eos_token_ids, load_tokenizer
 from rlhf_exp.rollout import SamplingSettings, sample_lengths
 from rlhf_exp.rollout.collect import RolloutCollector
-from rlhf_exp.rollout.engine import build_engine
+from rlhf_exp.rollout.backends import build_engine
 from rlhf_exp.rollout.scoring import Scorer
 from rlhf_exp.train.checkpoint import atomic_dir
 from rlhf_exp.train.common import make_accelerator, save_policy

@@ -30,7 +30,7 @@ from rlhf_exp.modeling import check_tokenizer_fits, load_policy, max_positions, 
 from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
-from rlhf_exp.rollout.engine import backend_of
+from rlhf_exp.rollout.backends import backend_of
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.train import checkpoint
 from rlhf_exp.train.batching import fill_from_update, old_logprobs_from_update, trim_padding
