@@ -162,13 +162,13 @@ def test_old_logprobs_from_the_update_forward_give_the_same_updates(tmp_path, ob
     for name, flag in (("skip", None), ("full", False)):
         t = _trainer(tmp_path / name, ov, flag)
         policy_forwards = []
-        real = t.scorer.forward_chunks
+        real = t.rollouts.scorer.forward_chunks
 
         def counting(model, *a, _real=real, _t=t, **k):
             policy_forwards.append(model is _t.policy)
             return _real(model, *a, **k)
 
-        t.scorer.forward_chunks = counting
+        t.rollouts.scorer.forward_chunks = counting
         ms = [t.train_step(s) for s in (1, 2)]
         runs[name] = (t, ms, sum(policy_forwards))
     (ts, ms_skip, n_skip), (tf, ms_full, n_full) = runs["skip"], runs["full"]
@@ -212,13 +212,13 @@ def test_kl_track_false_skips_the_reference_forward_and_changes_no_update(tmp_pa
     for track in ("true", "false"):
         t = _trainer(tmp_path / track, ov + [f"kl.track={track}"])
         ref_forwards = []
-        real = t.scorer.forward_chunks
+        real = t.rollouts.scorer.forward_chunks
 
         def counting(model, *a, _real=real, _t=t, **k):
-            ref_forwards.append(model is _t.scorer.ref)
+            ref_forwards.append(model is _t.rollouts.scorer.ref)
             return _real(model, *a, **k)
 
-        t.scorer.forward_chunks = counting
+        t.rollouts.scorer.forward_chunks = counting
         runs[track] = (t, [t.train_step(s) for s in (1, 2)], sum(ref_forwards))
     (tt, mt, nt), (tf, mf, nf) = runs["true"], runs["false"]
     assert nt == 2 and nf == 0

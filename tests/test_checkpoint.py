@@ -29,16 +29,16 @@ DRIVER = textwrap.dedent("""
     kill_at = int(os.environ.get("CKPT_TEST_KILL_AT", "0"))
     sig = os.environ.get("CKPT_TEST_SIGNAL", "SIGKILL")
     if kill_at and os.environ.get("RANK", "0") == "0":
-        from rlhf_exp.train.evaluation import PolicyEvaluation
+        from rlhf_exp.train.history import RunHistory
         from rlhf_exp.train.offline import OfflineTrainer
         from rlhf_exp.train.online import OnlineTrainer
         if sig == "SIGKILL":
-            orig = PolicyEvaluation._record
-            def _record(self, metrics, step):
+            orig = RunHistory.record
+            def record(self, metrics, step):
                 orig(self, metrics, step)
                 if step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
-            PolicyEvaluation._record = _record
+            RunHistory.record = record
         else:
             for cls in (OnlineTrainer, OfflineTrainer):
                 def patched(self, step, _orig=cls.train_step):
@@ -264,6 +264,7 @@ def test_loop_state_round_trip_restores_samplers_generators_and_baselines():
     from rlhf_exp.core.kl import AdaptiveKLController
     from rlhf_exp.data import PromptSampler
     from rlhf_exp.train.common import RunningMoments
+    from rlhf_exp.train.history import RunHistory
 
     class Obj:
         def __init__(self):
@@ -283,7 +284,8 @@ def test_loop_state_round_trip_restores_samplers_generators_and_baselines():
             self.kl_ctl = AdaptiveKLController(0.1, 6.0, 100)
             self.reward_moments = RunningMoments()
             self.objective = Obj()
-            self.history = {"eval/kl": [(0, 0.0)]}
+            self.history = RunHistory(tracker=None)
+            self.history.metrics["eval/kl"] = [(0, 0.0)]
             self.rng = random.Random(5)
 
     a = Loop()
@@ -298,7 +300,7 @@ def test_loop_state_round_trip_restores_samplers_generators_and_baselines():
     got = (b.sampler.next(12), torch.rand(3, generator=b.gen), b.kl_ctl.value, b.reward_moments.mean,
            b.objective.moving(4.0), b.rng.random())
     assert got[0] == expect[0] and torch.equal(got[1], expect[1]) and got[2:] == expect[2:]
-    assert b.history == {"eval/kl": [(0, 0.0)]} and b.objective.count == 7
+    assert b.history.metrics == {"eval/kl": [(0, 0.0)]} and b.objective.count == 7
 
 
 def test_compare_names_and_skips_a_run_with_an_unreadable_summary(tmp_path, capsys):

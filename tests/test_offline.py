@@ -11,7 +11,7 @@ from tests.conftest import compose
 SMALL = ["logger=none", "train.steps=2", "train.batch_size=4", "dataset.offline_train_size=16",
          "dataset.offline_eval_size=8", "dataset.eval_size=8", "dataset.train_size=16", "eval.every=0",
          "generation.max_new_tokens=6", "train.save_model=false"]
-# What every online run's summary.json holds (rlhf_exp.train.evaluation.PolicyEvaluation.finish).
+# What every online run's summary.json holds (rlhf_exp.train.history.RunHistory.summary).
 ONLINE_SUMMARY_KEYS = {"status", "objective", "kl_controller", "steps", "wall_s", "eval/reward_mean_start",
                        "eval/reward_mean_end", "eval/kl_start", "eval/kl_end", "perf/samples_per_s_end",
                        "eval/reward/positive_frac_start", "eval/reward/positive_frac_end"}

@@ -48,9 +48,9 @@ def test_default_backend_is_hf_and_the_loop_holds_engine_scorer_collector(tmp_pa
                    "dataset.train_size=16", "generation.max_new_tokens=4"])
     assert cfg.generation.backend == "hf"
     tr = OnlineTrainer(cfg, tmp_path, Tracker(tmp_path, cfg.logger, {}, "t", enabled=False))
-    assert isinstance(tr.engine, HFGenerator) and isinstance(tr.scorer, Scorer)
-    assert isinstance(tr.collector, RolloutCollector) and tr.collector.engine is tr.engine
-    assert tr.scorer.policy is tr.policy and tr.scorer.ref is tr.ref
+    assert isinstance(tr.rollouts.engine, HFGenerator) and isinstance(tr.rollouts.scorer, Scorer)
+    assert isinstance(tr.rollouts.collector, RolloutCollector) and tr.rollouts.collector.engine is tr.rollouts.engine
+    assert tr.rollouts.scorer.policy is tr.policy and tr.rollouts.scorer.ref is tr.ref
     batch, info = tr.rollout(tr.eval_prompts[:4], torch.full((4,), 4), tr.sampling)
     assert "sampler_logprobs" not in batch            # the HF sampler is the scored policy
     assert tr._sampler_correction(batch) == {}

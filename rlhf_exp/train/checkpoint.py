@@ -342,7 +342,7 @@ def loop_state(trainer, step: int, wall_s: float) -> dict[str, Any]:
         if got is not None:
             objects[name] = got
     return {"step": int(step), "wall_s": float(wall_s), "world": int(getattr(trainer, "world", 1)),
-            "history": {k: list(map(list, v)) for k, v in trainer.history.items()}, "objects": objects}
+            "history": trainer.history.state_dict()["metrics"], "objects": objects}
 
 
 def load_loop_state(trainer, state: Mapping[str, Any]) -> None:
@@ -353,9 +353,7 @@ def load_loop_state(trainer, state: Mapping[str, Any]) -> None:
             print(f"[rlhf_exp] the checkpoint's {name} has no counterpart in this run; ignored.", flush=True)
             continue
         restore(current[name], kind, value)
-    trainer.history.clear()
-    for k, rows in state["history"].items():
-        trainer.history[k] = [(int(s), float(v)) for s, v in rows]
+    trainer.history.load_state_dict({"metrics": state["history"]})
 
 
 # ---------------------------------------------------------------------------------------------------- checkpointer

@@ -173,6 +173,22 @@ def save_policy(policy, tokenizer, path: Path, merge_lora: bool = True,
         save_file(state, str(path / "value_head.safetensors"))
 
 
+def save_run_policy(proc, policy, tokenizer, folder: Path, merge_lora: bool) -> dict[str, str]:
+    """Save what a run trained, the prepared ``policy``, to ``folder`` (Hugging Face format; a LoRA policy merged
+    unless ``merge_lora`` is false: ``model.lora.save=adapter``); return the summary entry naming it. Called on every
+    process (``proc``: :class:`~rlhf_exp.train.context.ProcessContext`): the engine's full state dict is gathered
+    collectively (``accelerator.get_state_dict``), then rank 0 alone writes, into a temporary folder that replaces
+    ``folder`` when complete (a failed save leaves an earlier one as it was)."""
+    from rlhf_exp.train.checkpoint import atomic_dir
+
+    state = proc.acc.get_state_dict(policy)
+    if proc.is_main:
+        with atomic_dir(folder) as tmp:
+            save_policy(proc.acc.unwrap_model(policy), tokenizer, tmp, merge_lora=merge_lora, state_dict=state)
+    proc.acc.wait_for_everyone()
+    return {"policy_dir": str(folder)}
+
+
 def progress_bar(desc: str, total: int, enabled: bool = True, initial: int = 0):
     """The run's step bar (tqdm on stderr): redrawn at most every 0.5 s in a terminal and every 10 s in a log file;
     no bar at all for ``total == 0`` (``train.steps=0``: evaluate only) or on processes other than the main one.
