@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from rlhf_exp.core.masked import Reduce, masked_whiten
+from rlhf_exp.core.state import check_keys
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -181,6 +182,14 @@ class MovingAverageBaseline:
         b = batch_mean if self.value is None else self.value
         self.value = batch_mean if self.value is None else self.decay * self.value + (1 - self.decay) * batch_mean
         return b
+
+    def state_dict(self) -> dict:
+        """The average so far (None before the first batch); the decay comes from the config."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_keys(state, ("value",), "the moving-average baseline")
+        self.value = None if state["value"] is None else float(state["value"])
 
 
 def preprocess_scores(

@@ -39,6 +39,7 @@ from rlhf_exp.core.advantages import sequence_rewards
 from rlhf_exp.core.kl import check_estimator, per_token_kl
 from rlhf_exp.core.losses import aggregate_loss, importance_ratio
 from rlhf_exp.core.masked import Reduce, masked_mean
+from rlhf_exp.core.state import check_keys
 from rlhf_exp.modeling import ResponseOutput
 
 Batch = dict[str, torch.Tensor]
@@ -102,6 +103,14 @@ class OnlineObjective:
         Stats should include ``loss/policy`` (and ``loss/value`` for a critic), detached.
         """
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        """What the objective learns across steps (a moving-average baseline); nothing by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_keys(state, self.state_dict(), f"objective={self.name}")
 
     # ------------------------------------------------------------------ shared
     def kl_in_reward_coef(self, kl_coef: float) -> float:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 
 from rlhf_exp.core.losses import sequence_logprob
+from rlhf_exp.core.state import check_keys
 from rlhf_exp.modeling import load_policy, score_responses
 from rlhf_exp.rollout import pad_left, pad_right
 
@@ -67,6 +68,15 @@ class OfflineObjective:
         """The mean loss of a micro-batch and its stats (detached scalars). Also called under ``no_grad`` on
         held-out examples, where the stats become ``eval/<name>``."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        """What the objective learns across steps: nothing for the offline objectives (DPO's precomputed reference
+        log-probs are computed again from the config and the data)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_keys(state, (), f"objective={self.name}")
 
     # ------------------------------------------------------------------ defaults
     def build_model(self, model_cfg: Mapping[str, Any]) -> torch.nn.Module:

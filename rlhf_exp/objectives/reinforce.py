@@ -16,6 +16,7 @@ import torch
 from rlhf_exp.core.advantages import MovingAverageBaseline
 from rlhf_exp.core.losses import LOG_RATIO_CLAMP, reinforce_loss, sequence_logprob
 from rlhf_exp.core.masked import Reduce, masked_moments
+from rlhf_exp.core.state import check_keys
 from rlhf_exp.modeling import ResponseOutput
 from rlhf_exp.objectives.base import Batch, OnlineObjective, Stats
 
@@ -48,6 +49,13 @@ class Reinforce(OnlineObjective):
         self.moving = MovingAverageBaseline(float(cfg.get("baseline_decay", 0.9)))
         # off-policy minibatches: weight each sequence's term by pi(y|x) / pi_old(y|x), detached
         self.importance_weighting = bool(cfg.get("importance_weighting", False))
+
+    def state_dict(self) -> dict:
+        return {"moving_average": self.moving.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_keys(state, ("moving_average",), f"objective={self.name}")
+        self.moving.load_state_dict(state["moving_average"])
 
     @property
     def needs_value(self) -> bool:  # type: ignore[override]

@@ -8,6 +8,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from rlhf_exp.core.state import check_keys
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss or gradient became NaN/inf; the update was not applied and the run stops."""
@@ -132,6 +134,13 @@ class RunningMoments:
         self.mean += delta * n / new_count
         self.var = (self.var * self.count + bvar * n + delta ** 2 * self.count * n / new_count) / new_count
         self.count = new_count
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_keys(state, ("count", "mean", "var"), "the reward's running moments")
+        self.count, self.mean, self.var = float(state["count"]), float(state["mean"]), float(state["var"])
 
 
 def save_policy(policy, tokenizer, path: Path, merge_lora: bool = True,

@@ -5,6 +5,8 @@ import math
 from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
+from rlhf_exp.core.state import check_keys
+
 
 class RunHistory:
     """Every logged value by metric name, ``[(step, value), ...]`` in step order, and the tracker the values go to.
@@ -60,6 +62,7 @@ class RunHistory:
         return {"metrics": {k: [[int(s), float(v)] for s, v in rows] for k, rows in self.metrics.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        check_keys(state, ("metrics",), "the run history")
         self.metrics.clear()
         for k, rows in state["metrics"].items():
             self.metrics[k] = [(int(s), float(v)) for s, v in rows]

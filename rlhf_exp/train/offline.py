@@ -22,7 +22,8 @@ from typing import Any, Mapping, Optional
 import torch
 from omegaconf import DictConfig
 
-from rlhf_exp.data import OfflineData, PromptSampler, chat_records, load_offline_data, offline_eval_prompts
+from rlhf_exp.core.state import check_keys
+from rlhf_exp.data import OfflineData, chat_records, load_offline_data, offline_eval_prompts
 from rlhf_exp.distributed import even_chunks, in_mixed_precision, micro_batch_loss_scale, rank_slice, synchronize
 from rlhf_exp.modeling import check_tokenizer_fits, max_positions, reference_of
 from rlhf_exp.objectives import build_offline_objective
@@ -37,6 +38,7 @@ from rlhf_exp.train.common import (NonFiniteLossError, advance_bar, batch_geomet
 from rlhf_exp.train.context import ProcessContext
 from rlhf_exp.train.evaluation import Evaluator, summary_line
 from rlhf_exp.train.history import RunHistory
+from rlhf_exp.train.state import ResumablePromptSampler
 from rlhf_exp.train.rollouts import (PolicyRollouts, evaluation_sampling, load_policy_tokenizer, stop_ids_of,
                                      training_sampling)
 
@@ -83,7 +85,8 @@ class OfflineTrainer:
         self.eval_items = obj.encode(data.eval, self.tokenizer)
         self.forward_bs = int(tcfg.forward_batch_size)
         obj.prepare(self.train_items, self.ref, self.ctx, self.forward_bs)
-        self.sampler = PromptSampler(self.train_items, seed=cfg.seed)   # one global draw per step; each rank a slice
+        self.sampler = ResumablePromptSampler(self.train_items, seed=cfg.seed)   # one global draw per step; each rank
+                                                                                # a slice
         self.n_train = len(data.train)
 
         if obj.trains_policy:
@@ -108,6 +111,21 @@ class OfflineTrainer:
             self.evaluator = Evaluator(rollouts, self.eval_prompts, eval_lengths, eval_sampling, cfg.eval, tracker,
                                        proc)
         self.history = RunHistory(tracker)
+
+    # ------------------------------------------------------------------------------------------ checkpoint state
+    def _stateful(self) -> dict[str, Any]:
+        """The parts of the loop whose state a checkpoint holds, by name (the model, optimizer, scheduler and the
+        global random states are accelerate's)."""
+        return {"sampler": self.sampler, "objective": self.objective, "history": self.history}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: part.state_dict() for name, part in self._stateful().items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        parts = self._stateful()
+        check_keys(state, parts, "the offline loop")
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
 
     @property
     def device(self) -> torch.device:

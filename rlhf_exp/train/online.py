@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 from rlhf_exp.core.advantages import preprocess_scores
 from rlhf_exp.core.kl import full_kl_from_logits, kl_unused, make_kl_controller, per_token_kl
 from rlhf_exp.core.masked import masked_moments
-from rlhf_exp.data import Prompt, PromptSampler, load_prompt_data
+from rlhf_exp.core.state import check_keys
+from rlhf_exp.data import Prompt, load_prompt_data
 from rlhf_exp.distributed import (in_mixed_precision, mean_over_ranks, micro_batch_loss_scale, rank_slice,
                                   synchronize)
 from rlhf_exp.modeling import check_tokenizer_fits, load_policy, max_positions, reference_of, score_responses
@@ -39,6 +40,7 @@ from rlhf_exp.train.common import (NonFiniteLossError, RunningMoments, advance_b
 from rlhf_exp.train.context import ProcessContext
 from rlhf_exp.train.evaluation import Evaluator, completion_monitors, summary_line  # noqa: F401  (re-exported)
 from rlhf_exp.train.history import RunHistory
+from rlhf_exp.train.state import RandomStreams, ResumablePromptSampler
 from rlhf_exp.train.rollouts import (PolicyRollouts, evaluation_sampling, load_policy_tokenizer, stop_ids_of,
                                      training_sampling)
 from rlhf_exp.train.optim import make_adamw
@@ -74,7 +76,7 @@ class OnlineTrainer:
         self.ref = in_mixed_precision(proc.acc, reference_of(policy, mcfg.ref_path, mcfg.dtype).to(proc.device))
 
         data = load_prompt_data(cfg.dataset, self.tokenizer)
-        self.sampler = PromptSampler(data.train, seed=cfg.seed)   # one global draw per step; each rank its slice
+        self.sampler = ResumablePromptSampler(data.train, seed=cfg.seed)   # one global draw per step; each rank its slice
         self.eval_prompts: list[Prompt] = data.eval
         limit, longest = max_positions(policy), max(len(p.ids) for p in data.train + data.eval)
         if limit is not None and longest + int(cfg.generation.max_new_tokens) > limit:
@@ -85,8 +87,9 @@ class OnlineTrainer:
 
         self.sampling = training_sampling(cfg.generation, announce=proc.is_main)
         eval_sampling, eval_lengths = evaluation_sampling(self.sampling, cfg.eval, len(self.eval_prompts))
-        self.len_gen = torch.Generator().manual_seed(cfg.seed + 7)   # global lengths, sliced like the prompts
-        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 11 + proc.rank)
+        self.streams = RandomStreams()
+        self.len_gen = self.streams.add("lengths", cfg.seed + 7)     # shared: global lengths, sliced like the prompts
+        self.shuffle_gen = self.streams.add("shuffle", cfg.seed + 11 + proc.rank)   # this rank's minibatch order
 
         kcfg = cfg.kl
         self.kl_ctl = make_kl_controller(kcfg.controller, kcfg.kl_coef, kcfg.get("target"), kcfg.get("horizon"))
@@ -114,6 +117,25 @@ class OnlineTrainer:
                                              self.pad_id, self.stop_ids, self.forward_bs, self.objective.needs_value)
         self.evaluator = Evaluator(self.rollouts, self.eval_prompts, eval_lengths, eval_sampling, cfg.eval, tracker,
                                    proc)
+
+    # ------------------------------------------------------------------------------------------ checkpoint state
+    def _stateful(self) -> dict[str, Any]:
+        """The parts of the loop whose state a checkpoint holds, by name (the model, optimizer, scheduler and the
+        global random states are accelerate's)."""
+        parts = {"sampler": self.sampler, "random": self.streams, "kl_controller": self.kl_ctl,
+                 "objective": self.objective, "history": self.history}
+        if self.reward_moments is not None:
+            parts["reward_moments"] = self.reward_moments
+        return parts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: part.state_dict() for name, part in self._stateful().items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        parts = self._stateful()
+        check_keys(state, parts, "the online loop")
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
 
     @property
     def device(self) -> torch.device:
