@@ -346,6 +346,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.objective.get("kind") not in (ONLINE, OFFLINE):
         raise ConfigError(f"objective.kind must be 'online' or 'offline', got {cfg.objective.get('kind')!r} "
                           f"in objective={cfg.objective.get('name')}.")
+    from rlhf_exp.objectives import ObjectiveConfigError, validate_objective
+
+    try:
+        validate_objective(cfg.objective)   # every setting its estimator, loss and hooks declare (docs/objectives.md)
+    except ObjectiveConfigError as e:
+        raise ConfigError(str(e)) from None
     g = cfg.generation
     if int(g.min_new_tokens) > int(g.max_new_tokens):
         raise ConfigError(f"generation.min_new_tokens ({g.min_new_tokens}) must be <= generation.max_new_tokens "

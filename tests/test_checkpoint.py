@@ -282,7 +282,7 @@ def test_loop_state_round_trips_through_a_safe_load_and_continues_identically(tm
     a = _trainer(cfg, tmp_path / "a")
     for step in (1, 2):
         a.history.record(a.train_step(step), step)
-    assert a.objective.state_dict()["moving_average"]["value"] is not None and a.reward_moments.count > 0
+    assert a.objective.state_dict()["estimator"]["value"] is not None and a.reward_moments.count > 0
     torch.save(ck.loop_state(a, 2, 1.5), tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert state["step"] == 2 and set(state["trainer"]) == {"sampler", "random", "kl_controller", "objective",

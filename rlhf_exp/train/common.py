@@ -39,10 +39,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# The smallest per-process micro-batch an objective accepts (KTO pairs each completion with another prompt).
-MIN_LOCAL_MICRO_BATCH = {"kto": 2}
-
-
 def launch_world_size() -> int:
     """The number of processes the launcher (torchrun / accelerate launch / deepspeed) started; 1 otherwise."""
     import os
@@ -53,13 +49,16 @@ def launch_world_size() -> int:
 def batch_geometry_of(cfg, world: int):
     """The run's :class:`~rlhf_exp.distributed.BatchGeometry` for ``world`` processes from ``cfg.train``
     (``batch_size``, ``mini_batch_size``, ``micro_batch_size``, all global) and the objective's group size; raises
-    a ``ValueError`` with the numbers to change. Cheap: called before anything loads."""
+    a ``ValueError`` with the numbers to change; the objective declares the smallest micro-batch per process it
+    accepts. Cheap: called before anything loads."""
     from rlhf_exp.distributed import batch_geometry
 
+    from rlhf_exp.objectives import min_local_micro_batch
+
     t, obj = cfg.train, cfg.objective
-    group = int(obj.get("group_size", 1) or 1) if obj.get("kind") == "online" else 1
-    return batch_geometry(t.batch_size, t.mini_batch_size, t.get("micro_batch_size"), world, group,
-                          MIN_LOCAL_MICRO_BATCH.get(str(obj.get("name")), 1))
+    group = int(obj.group_size) if obj.kind == "online" else 1
+    return batch_geometry(t.batch_size, t.mini_batch_size, t.micro_batch_size, world, group,
+                          min_local_micro_batch(obj))
 
 
 def make_accelerator(cfg):
@@ -72,7 +71,7 @@ def make_accelerator(cfg):
     """
     from accelerate import Accelerator
 
-    device = str(cfg.get("device", "auto"))
+    device = str(cfg.device)
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device={device!r}: valid values are auto, cpu, cuda.")
     if device == "cuda" and not torch.cuda.is_available():
@@ -80,7 +79,7 @@ def make_accelerator(cfg):
     world = launch_world_size()
     geometry = batch_geometry_of(cfg, world)
     cpu = device == "cpu" or (device == "auto" and world > 1 and not torch.cuda.is_available())
-    mp = str(cfg.train.get("mixed_precision", "no"))
+    mp = str(cfg.train.mixed_precision)
     if world == 1:  # one process (a notebook, a test, a Hydra multirun): a new run may change the precision
         from accelerate.state import AcceleratorState
 

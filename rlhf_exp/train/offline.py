@@ -79,7 +79,7 @@ class OfflineTrainer:
             obj.max_length = limit
         # conversational records come back rendered with the policy tokenizer's chat template
         raw = data = load_offline_data(cfg.dataset, obj.data_format, self.tokenizer)
-        if cfg.dataset.get("chat_template") and obj.trains_policy:  # prompts as the policy will see them
+        if cfg.dataset.chat_template and obj.trains_policy:  # prompts as the policy will see them
             data = OfflineData(chat_records(raw.train, self.tokenizer), chat_records(raw.eval, self.tokenizer))
         self.train_items = obj.encode(data.train, self.tokenizer)
         self.eval_items = obj.encode(data.eval, self.tokenizer)

@@ -1,10 +1,12 @@
 """The online loop shared by every online objective.
 
-One step: sample prompts -> generate (one batched call) -> score with the reward -> log-probs of the policy and the
-reference (and values) in one forward each -> the objective's advantages -> ``train.epochs`` passes of shuffled
-minibatch updates -> KL controller update -> logs. Every ``eval.every`` steps (and at the start and end) the policy is
-evaluated on a fixed held-out prompt set with seeded sampling (generation, scoring and evaluation live in
-``rlhf_exp.train.evaluation``, shared with the offline loop).
+One step (:meth:`OnlineTrainer.train_step`, read top to bottom): sample prompts -> generate (one batched call) ->
+score with the reward -> log-probs of the policy and the reference (and values) in one forward each -> reward
+preprocessing -> the objective's advantages -> ``train.epochs`` passes of shuffled minibatch updates on the
+objective's loss -> KL controller update -> logs. The objective decides only its math and its rollout hooks
+(:mod:`rlhf_exp.objectives`); the step does not branch on which objective runs. Every ``eval.every`` steps (and at
+the start and end) the :class:`~rlhf_exp.train.evaluation.Evaluator`, shared with the offline loop, evaluates the
+policy on a fixed held-out prompt set with seeded sampling.
 
 Runs under ``accelerate``/``torchrun``: each process generates and scores its own share of the batch; statistics that
 span the batch (whitening, group baselines, reward normalisation, the controller's KL, logged means) are reduced over
@@ -29,6 +31,7 @@ from rlhf_exp.distributed import (in_mixed_precision, mean_over_ranks, micro_bat
                                   synchronize)
 from rlhf_exp.modeling import check_tokenizer_fits, load_policy, max_positions, reference_of, score_responses
 from rlhf_exp.objectives import build_online_objective
+from rlhf_exp.objectives.hooks import RolloutContext
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.rollout.backends import backend_of
@@ -151,35 +154,38 @@ class OnlineTrainer:
         """Generate, reward and score a batch of prompts (:meth:`PolicyRollouts.collect`)."""
         return self.rollouts.collect(prompts, lengths, sampling, score_with_ref, entropy, score_policy=score_policy)
 
+    def _reward_moments(self) -> tuple[float, float]:
+        """``(mean, std)`` of the reward normalisation: the running moments (``reward.normalize=true``) or (0, 1)."""
+        if self.reward_moments is None:
+            return 0.0, 1.0
+        return self.reward_moments.mean, max(self.reward_moments.std, 1e-6)
+
     def _preprocess_scores(self, raw: torch.Tensor, token_scores: Optional[torch.Tensor] = None,
-                           mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                           mask: Optional[torch.Tensor] = None, update: bool = True
+                           ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The loop's reward preprocessing, in one place: running normalisation, then scale, then clip.
 
         The running moments are those of the sequence scores, or of the per-token scores' sequence totals when the
-        reward gives per-token scores (see :func:`rlhf_exp.core.advantages.preprocess_scores`).
+        reward gives per-token scores (see :func:`rlhf_exp.core.advantages.preprocess_scores`); ``update=False``
+        uses them without folding this batch in (ReMax's greedy baseline).
         """
         rcfg = self.cfg.reward
-        mean, std = 0.0, 1.0
-        if self.reward_moments is not None:
+        if update and self.reward_moments is not None:
             total = raw if token_scores is None else (token_scores * mask).sum(dim=1)
             self.reward_moments.update(total.float(), self.proc.reduce)
-            mean, std = self.reward_moments.mean, max(self.reward_moments.std, 1e-6)
+        mean, std = self._reward_moments()
         return preprocess_scores(raw, float(rcfg.scale), rcfg.clip, mean, std, token_scores, mask)
 
-    def _greedy_baseline_scores(self, prompts: list[Prompt], lengths: torch.Tensor) -> torch.Tensor:
-        """ReMax's baseline: the task reward of the greedy response to each prompt (same length limit as the sampled
-        one), preprocessed with the current reward moments (not updating them). ``(B,)``."""
-        import dataclasses
-
-        base, _ = self.rollout(prompts, lengths, dataclasses.replace(self.sampling, do_sample=False),
-                               score_with_ref=False, entropy=False)
-        rcfg, mean, std = self.cfg.reward, 0.0, 1.0
-        if self.reward_moments is not None:
-            mean, std = self.reward_moments.mean, max(self.reward_moments.std, 1e-6)
-        mask = base["response_mask"].float()
-        scores, ts = preprocess_scores(base["raw_scores"], float(rcfg.scale), rcfg.clip, mean, std,
-                                       base.get("token_scores"), mask)
-        return scores if ts is None else (ts * mask).sum(dim=1)
+    def _rollout_context(self) -> RolloutContext:
+        """What the objective's rollout hooks may use this step (:class:`~rlhf_exp.objectives.hooks.RolloutContext`)."""
+        skip = {"score_policy": False} if self.old_logprobs_from_update else {}
+        return RolloutContext(
+            rollout=lambda prompts, lengths: self.rollout(prompts, lengths, self.sampling,
+                                                          score_with_ref=self.ref_in_rollout, **skip),
+            generate=lambda *args, **kwargs: self.rollout(*args, **kwargs),
+            draw_prompts=self._draw_prompts, sampling=self.sampling,
+            preprocess=lambda raw, token_scores, mask: self._preprocess_scores(raw, token_scores, mask, update=False),
+            local_batch=self.local_batch, pad_id=self.pad_id, device=self.device, reduce=self.proc.reduce)
 
     def _sampler_correction(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """A separate sampler's log-probs (``generation.backend=vllm``): log ``rollout_logprob_gap``, the mean
@@ -213,66 +219,17 @@ class OnlineTrainer:
         lengths = sample_lengths(B, self.sampling, self.len_gen)
         return prompts, lengths[self.proc.rank * self.local_batch:(self.proc.rank + 1) * self.local_batch]
 
-    def _dynamic_sampling_rollout(self, prompts: list[Prompt], lengths: torch.Tensor):
-        """DAPO dynamic sampling (see :mod:`rlhf_exp.train.dynamic_sampling`): roll out, drop the groups whose raw
-        rewards are all equal, roll out fresh prompts until the per-process batch is full or
-        ``objective.dynamic_sampling.max_tries`` rounds were generated (all processes take the same number of
-        rounds), then fill any shortfall with dropped groups. Returns prompts, lengths, batch, info and stats."""
-        from rlhf_exp.train import dynamic_sampling as ds
-
-        G, need = self.objective.group_size, self.local_batch // self.objective.group_size
-        batches, infos, all_prompts, all_lengths = [], [], [], []
-        kept: list[int] = []
-        dropped: list[int] = []
-        tries = 0
-        while True:
-            batch, info = self.rollout(prompts, lengths, self.sampling, score_with_ref=self.ref_in_rollout)
-            offset = sum(len(p) for p in all_prompts) // G
-            ok = ds.varied_groups(batch["raw_scores"], G).cpu()
-            kept += [offset + i for i in range(len(ok)) if ok[i]]
-            dropped += [offset + i for i in range(len(ok)) if not ok[i]]
-            batches.append(batch)
-            infos.append(info)
-            all_prompts.append(prompts)
-            all_lengths.append(lengths)
-            tries += 1
-            short = torch.tensor(float(len(kept) < need), device=self.device)
-            if self.proc.reduce is not None:
-                short = self.proc.reduce(short)
-            if float(short) == 0 or tries >= self.objective.dynamic_sampling_max_tries:
-                break
-            prompts, lengths = self._draw_prompts()
-        filled = max(0, need - len(kept))
-        groups = torch.tensor((kept + dropped[:filled])[:need])
-        rows = ds.group_rows(groups, G)
-        batch = ds.select_rows(ds.concat_rollouts(batches, self.pad_id), rows)
-        flat_prompts = [p for ps in all_prompts for p in ps]
-        info = {"prompts": [info_p for i in infos for info_p in i["prompts"]],
-                "completions": [c for i in infos for c in i["completions"]],
-                "ends_with_eos": torch.cat([i["ends_with_eos"].to(self.device) for i in infos]),
-                "extras": {k: torch.cat([i["extras"][k].to(self.device) for i in infos]) for k in infos[0]["extras"]},
-                "gen_s": sum(i["gen_s"] for i in infos), "score_s": sum(i["score_s"] for i in infos)}
-        r = rows.tolist()
-        info.update(prompts=[info["prompts"][i] for i in r], completions=[info["completions"][i] for i in r],
-                    ends_with_eos=info["ends_with_eos"][rows.to(self.device)],
-                    extras={k: v[rows.to(v.device)] for k, v in info["extras"].items()})
-        stats = {"dynamic_sampling/dropped_groups": float(len(dropped)), "dynamic_sampling/tries": float(tries),
-                 "dynamic_sampling/filled_groups": float(filled)}
-        return [flat_prompts[i] for i in r], torch.cat(all_lengths)[rows], batch, info, stats
-
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict[str, float]:
         tcfg = self.cfg.train
         synchronize(self.device)
         t_step = time.perf_counter()
         G = self.objective.group_size
-        prompts, lengths = self._draw_prompts()
-        if self.objective.dynamic_sampling:
-            prompts, lengths, batch, info, ds_stats = self._dynamic_sampling_rollout(prompts, lengths)
-        else:
-            skip = {"score_policy": False} if self.old_logprobs_from_update else {}
-            batch, info = self.rollout(prompts, lengths, self.sampling, score_with_ref=self.ref_in_rollout, **skip)
-            ds_stats = {}
+        # ---- rollout: this rank's prompts generated, rewarded and scored (an objective's rollout hook may gather it:
+        # DAPO's dynamic sampling rolls out fresh prompts in place of groups whose rewards are all equal)
+        ctx = self._rollout_context()
+        rollout = self.objective.collect(ctx, *self._draw_prompts())
+        batch, info = rollout.batch, rollout.info
         batch["ends_with_eos"] = info["ends_with_eos"].to(self.device).float()
         mask = batch["response_mask"]
         fmask = mask.float()
@@ -280,19 +237,20 @@ class OnlineTrainer:
             batch["kl"] = torch.zeros_like(fmask)
         else:
             log_ratio, batch["kl"] = self._kl_terms(batch)
+        # ---- rewards preprocessed (normalise, scale, clip), then what the objective's hooks add (ReMax's greedy
+        # baseline), then the advantages
         batch["scores"], token_scores = self._preprocess_scores(batch["raw_scores"], batch.get("token_scores"), fmask)
         if token_scores is not None:
             batch["token_scores"] = token_scores
-        batch["group_ids"] = torch.arange(len(prompts), device=self.device) // G + self.proc.rank * (self.local_batch // G)
-        if self.objective.needs_greedy_baseline:
-            batch["baseline_scores"] = self._greedy_baseline_scores(prompts, lengths)
-            ds_stats["greedy_reward_mean"] = float(batch["baseline_scores"].mean())
+        batch["group_ids"] = (torch.arange(len(rollout.prompts), device=self.device) // G
+                              + self.proc.rank * (self.local_batch // G))
+        hook_stats = {**rollout.stats, **self.objective.complete(ctx, rollout)}
         kl_coef = self.kl_ctl.value
-        adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.proc.reduce), **ds_stats,
+        adv_stats = {**self.objective.compute_advantages(batch, kl_coef, self.proc.reduce), **hook_stats,
                      **self._sampler_correction(batch)}
 
         # ---- updates
-        self.rollouts.engine.sleep()                   # generation.vllm.enable_sleep_mode: free the KV cache while training
+        self.rollouts.engine.sleep()          # generation.vllm.enable_sleep_mode: free the KV cache while training
         synchronize(self.device)
         t_up = time.perf_counter()
         mstats = self.update(batch, kl_coef, step)
@@ -300,7 +258,7 @@ class OnlineTrainer:
         update_s = time.perf_counter() - t_up
         if self.old_logprobs_from_update:   # old log-probs and entropy came from the update's forward
             log_ratio, batch["kl"] = self._kl_terms(batch)
-        self.rollouts.sync(step)               # the next rollout samples from the updated policy
+        self.rollouts.sync(step)              # the next rollout samples from the updated policy
 
         # ---- KL control and metrics (over the global batch)
         seq_kl = (log_ratio * fmask).sum(dim=1)
