@@ -1,4 +1,5 @@
-"""Objectives as compositions (docs/objectives.md): the registries and the check of the objective block."""
+"""Objectives as compositions (docs/objectives.md): the registries, the check of the objective block, and an
+objective added as yaml only."""
 import ast
 import os
 import subprocess
@@ -109,3 +110,9 @@ def test_no_literal_defaults_for_objective_settings_in_objectives_or_train():
                     found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
     assert found == []
 
+
+def test_the_yaml_only_objective_is_the_composition_it_names():
+    """rloo_seq (Ahmadian et al. 2024, TRL's RLOOTrainer): rloo's estimator with ppo_seq's loss, from yaml alone."""
+    rloo_seq, rloo, ppo_seq = (objective_from_yaml(n) for n in ("rloo_seq", "rloo", "ppo_seq"))
+    assert rloo_seq.estimator is rloo.estimator and rloo_seq.policy_loss_fn is ppo_seq.policy_loss_fn
+    assert not rloo_seq.token_level_policy_loss and rloo_seq.kl_in_reward and rloo_seq.group_size == 4

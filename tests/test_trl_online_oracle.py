@@ -166,3 +166,26 @@ def test_rloo_matches_trl_rloo_trainer(models, tmp_path):
     assert loss == pytest.approx(float(-(batch["advantages"] * lengths).mean()), rel=1e-5, abs=1e-6)
     _assert_grads_close(grads, _grads(trainer.model))
 
+
+def test_rloo_seq_matches_trl_rloo_trainer_off_policy(models, tmp_path):
+    """objective=rloo_seq, the yaml-only composition leave_one_out + clipped_sequence, is TRL's RLOOTrainer: the
+    leave-one-out advantages, the loss value (the clipped surrogate on the sequence ratio, mean over sequences) and
+    the gradient agree with the current policy moved away from the one that sampled (ratios != 1)."""
+    from trl import RLOOConfig, RLOOTrainer
+
+    tok, ref, old, new = models
+    beta = 0.1
+    trainer = RLOOTrainer(model=copy.deepcopy(old), reward_funcs=[count_e], processing_class=tok,
+                          train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS]),
+                          args=_args(RLOOConfig, tmp_path, beta=beta, epsilon=0.2))
+    trainer.ref_model.load_state_dict(ref.state_dict())
+    batch = _trl_batch(trainer, old)               # old_logps: the sampling policy's
+    trainer.model.load_state_dict(new.state_dict())
+    trainer.model.eval()
+    trainer.model.zero_grad()
+    theirs = trainer._compute_loss(trainer.model, batch)
+    theirs.backward()
+    adv, loss, grads = _ours(tok, ref, old, new, batch, "rloo_seq", beta, group_size=G)
+    assert adv.dim() == 1 and torch.allclose(adv, batch["advantages"], atol=1e-5)
+    assert loss == pytest.approx(float(theirs), rel=1e-5, abs=1e-7)
+    _assert_grads_close(grads, _grads(trainer.model))
