@@ -299,8 +299,9 @@ RESUME_FREE_KEYS = ("train.steps", "train.resume", "train.checkpoint_every", "tr
 # asks for, the LoRA adapters), the optimizer state (its parameters, the fp16 scaler), the loop's objects (the
 # objective's, the position in the training data). A run folder or checkpoint written with other values is refused,
 # not resumed: loading it would fail half-way or continue another experiment.
-CHECKPOINT_KEYS = ("objective.name", "objective.kind", "model.path", "model.dtype", "model.lora.r", "model.lora.alpha",
-                   "model.lora.target_modules", "train.mixed_precision", "dataset.name", "dataset.kind",
+CHECKPOINT_KEYS = ("objective.name", "objective.kind", "objective.baseline", "reward.normalize", "model.path",
+                   "model.dtype", "model.lora.r", "model.lora.alpha", "model.lora.target_modules",
+                   "train.mixed_precision", "dataset.name", "dataset.kind",
                    "dataset.path", "dataset.data_files", "dataset.config_name", "dataset.train_split",
                    "dataset.train_size", "dataset.offline_train_size", "dataset.seed")
 
