@@ -2,8 +2,11 @@
 not start, and the end-of-sweep report (the sweep folder and the ``compare`` command for it)."""
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,45 @@ def command_line_overrides(argv: list[str]) -> list[str]:
 
 def fail(message: str, code: int = 2) -> None:
     """Print ``message`` as one line on stderr and exit: for runs that never started, no traceback."""
-    print(f"{PREFIX} error: {message}", file=sys.stderr, flush=True)
+    print_once(f"{PREFIX} error: {one_line(message)}")
     raise SystemExit(code)
+
+
+def one_line(message: object) -> str:
+    """A message on one line (an exception's text may span several)."""
+    return " ".join(str(message).split())
+
+
+def print_once(line: str) -> None:
+    """Print ``line`` on stderr; under torchrun / accelerate launch (``WORLD_SIZE`` > 1) only the first process of this
+    machine that has this very line prints it, so a failure shared by every rank is printed once and a distinct one
+    by each rank that has it. (The processes of one launch share their parent, the launcher; a marker file per
+    line in the temporary folder decides.)"""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        folder = Path(tempfile.gettempdir()) / f"rlhf_exp-messages-{os.getppid()}-{os.environ.get('MASTER_PORT', '')}"
+        try:
+            folder.mkdir(exist_ok=True)
+            os.close(os.open(folder / hashlib.sha256(line.encode()).hexdigest()[:32],
+                             os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return
+        except OSError:
+            pass
+    _close_progress_bars()
+    sys.stderr.flush()
+    print(line, file=sys.stderr, flush=True)
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars a failure left open (the training loop's): closed later, at exit, they would be drawn
+    after the line that explains the failure."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
 
 
 HYDRA_RUN_FILES = {".hydra", "summary.json", "__main__.log", "config_resolved.yaml"}
@@ -80,6 +120,48 @@ def print_sweep_report() -> None:
     _SweepState.reported = True
     sys.stderr.flush()
     print("\n".join(sweep_report_lines()), flush=True)
+
+
+def check_writable(folder: str | Path, key: str) -> None:
+    """Fail in one line (naming ``key``) when ``folder`` could not be created or written: its nearest existing
+    folder is on a read-only file system or not writable by this user. Hydra would otherwise stop with its own
+    traceback when it makes the folder."""
+    target = Path(folder).expanduser().absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        where = "" if existing == target else f" (its folder {existing} cannot be written)"
+        fail(f"the run folder {target} cannot be written{where}: {e.strerror or e}. Set {key}=<a writable folder>.")
+
+
+class RunFolderCheck(Callback):
+    """Hydra callback (``hydra.callbacks.run_folder_check`` in conf/config.yaml): before Hydra makes the run folder
+    (``hydra.run.dir``) or the sweep folder (``hydra.sweep.dir``), check that it can be written."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if int(os.environ.get("RANK", "0")) > 0:   # ranks > 0 use a scratch folder (rlhf_exp.distributed)
+            return
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        from omegaconf import OmegaConf
+
+        try:
+            folder = OmegaConf.select(config, key)
+        except Exception:  # noqa: BLE001 - an interpolation Hydra itself will report
+            return
+        if folder:
+            check_writable(folder, key)
 
 
 class SweepReport(Callback):

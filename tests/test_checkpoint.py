@@ -353,7 +353,7 @@ def test_compare_names_and_skips_a_run_with_an_unreadable_summary(tmp_path, caps
     assert str(run) in capsys.readouterr().err
 
 
-def test_a_signal_asks_for_a_stop_and_a_second_ctrl_c_stops_at_once(tmp_path):
+def test_a_signal_asks_for_a_stop_and_a_later_second_one_stops_at_once(tmp_path):
     class OneProcess:
         is_main_process, num_processes, process_index = True, 1, 0
 
@@ -362,9 +362,12 @@ def test_a_signal_asks_for_a_stop_and_a_second_ctrl_c_stops_at_once(tmp_path):
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         assert c.stop_signal == "SIGTERM" and c._stop_agreed()
-        os.kill(os.getpid(), signal.SIGTERM)              # a repeated SIGTERM changes nothing
-        with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)               # at once after the first: the same request (one preemption
+        assert c.stop_signal == "SIGTERM"                 # delivered by a launcher and to its process group)
+        c._first_stop_at -= c.REPEAT_WINDOW_S             # later: a second signal stops at once
+        with pytest.raises(ck.RunAborted) as aborted:
             os.kill(os.getpid(), signal.SIGINT)
+        assert isinstance(aborted.value, KeyboardInterrupt) and aborted.value.exit_code == 130
         assert signal.getsignal(signal.SIGINT) is not c._on_signal     # the handlers are given back
     finally:
         c.close()

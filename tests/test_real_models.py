@@ -156,5 +156,6 @@ def test_chat_template_wraps_prompts_for_instruct_models(tiny_gpt2_dir, tmp_path
 
 def test_sequences_longer_than_the_model_are_a_clear_error(tiny_gpt2_dir, tmp_path):
     """The tiny GPT-2 has 64 positions: prompts of up to 8 tokens plus 60 new tokens do not fit."""
-    with pytest.raises(ValueError, match=r"longer than the 64 positions of model.path=.*generation.max_new_tokens"):
+    with pytest.raises(ValueError, match=r"tokens long, but the 64 positions of model.path=.*less "
+                                         r"generation.max_new_tokens=60"):
         run(compose(SMALL + ["model=gpt2", f"model.path={tiny_gpt2_dir}", "generation.max_new_tokens=60"]), tmp_path)

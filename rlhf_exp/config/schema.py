@@ -313,6 +313,8 @@ class RewardBase(Block):
     preset: ClassVar[str] = ""
     name: str = setting("the reward's name in logs and error messages (a composite part: its key in parts)")
     kind: str = setting("which reward (picks the settings below)")
+    timeout: Optional[float] = setting("seconds one call of this reward may take, then the run fails naming it (the "
+                                       "stuck call is abandoned); null = no limit", above(0))
 
 
 @dataclass

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 from rlhf_exp.data.chat import (chat_prompt_text, chat_records, is_conversation, render_completion,
                                  render_conversations, render_turns)
-from rlhf_exp.data.prompts import SOURCES, load_prompt_data, offline_eval_prompts
+from rlhf_exp.data.prompts import (SOURCES, PromptLimit, load_prompt_data, offline_eval_prompts,
+                                    prompt_limit)
 from rlhf_exp.data.records import (OFFLINE_FORMATS, OFFLINE_SOURCES, RECORD_FIELDS, common_prefix_messages,
                                    common_prefix_prompt, load_offline_data)
 from rlhf_exp.data.sampler import PromptSampler
@@ -45,4 +46,5 @@ from rlhf_exp.data.types import DatasetError, OfflineData, Prompt, PromptData
 __all__ = ["DatasetError", "OFFLINE_FORMATS", "OFFLINE_SOURCES", "OfflineData", "Prompt", "PromptData", "PromptSampler",
            "RECORD_FIELDS", "SOURCES", "chat_prompt_text", "chat_records", "common_prefix_messages",
            "common_prefix_prompt", "file_problem", "is_conversation", "load_offline_data", "load_prompt_data",
-           "load_splits", "offline_eval_prompts", "render_completion", "render_conversations", "render_turns"]
+           "load_splits", "offline_eval_prompts", "PromptLimit", "prompt_limit", "render_completion",
+           "render_conversations", "render_turns"]

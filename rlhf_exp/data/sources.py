@@ -121,6 +121,50 @@ def file_problem(path: Path, check_rows: bool = True) -> Optional[str]:
     return None
 
 
+def file_columns(path: Path, max_rows: int = 1000) -> Optional[list[str]]:
+    """The columns of a data file as ``datasets`` would see them (the keys of its first ``max_rows`` JSON rows, the CSV
+    header, the parquet schema), or None when they cannot be read cheaply."""
+    path = Path(path)
+    suffix, gz = _suffix(path)
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        if suffix not in (".jsonl", ".json", ".csv"):
+            return None
+        opener = gzip.open if gz else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            if suffix == ".csv":
+                return next(csv.reader(f), [])
+            head = f.read(1 << 20) if suffix == ".json" else None
+            if head is not None and head.lstrip()[:1] == "[":
+                rows = json.loads(head + f.read())[:max_rows]
+            else:
+                lines = ([head] if head else []) + [line for _, line in zip(range(max_rows), f)]
+                rows = [json.loads(x) for x in "".join(lines).splitlines()[:max_rows] if x.strip()]
+    except (OSError, ValueError, UnicodeDecodeError, StopIteration):
+        return None
+    return list(dict.fromkeys(k for r in rows if isinstance(r, dict) for k in r))
+
+
+def columns_problem(files: Mapping[str, Sequence[Any]]) -> Optional[str]:
+    """When the data files (split -> files) do not all have the same columns: the message that names each file
+    and its columns (``datasets`` reads all the files of a data set with one set of columns and only says "An
+    error occurred while generating the dataset")."""
+    found = {}
+    for split, paths in files.items():
+        for f in paths:
+            cols = file_columns(Path(f))
+            if cols is not None:
+                found[(split, str(f))] = cols
+    if len({tuple(sorted(c)) for c in found.values()}) <= 1:
+        return None
+    shown = "; ".join(f"{split}: {f} has {', '.join(c) or 'no columns'}" for (split, f), c in found.items())
+    return (f"the data files do not have the same columns ({shown}). A data set is read with one set of columns: give "
+            f"every file the same columns (add the missing ones with null values, or drop the extra ones)")
+
+
 def _data_files_under(folder: Path) -> list[Path]:
     """The data files of a downloaded repo folder (hidden folders such as ``.cache`` left out)."""
     out = []
@@ -181,7 +225,7 @@ def _load_dataset(path: str, cfg: Mapping[str, Any], where: str, files: Sequence
                                f". Give the folder that `huggingface-cli download <id> --repo-type dataset "
                                f"--local-dir DIR` wrote (README.md and the data files), or one written by "
                                f"save_to_disk, or use dataset=files with dataset.data_files=... ({text})") from e
-        problem = _first_file_problem(files) if files else None
+        problem = (_first_file_problem(files) or columns_problem({"files": files})) if files else None
         if problem:
             raise DatasetError(f"{where}: {problem}.") from e
         raise DatasetError(f"{where} could not be loaded: {text}") from e
@@ -212,7 +256,7 @@ def load_splits(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         try:
             splits = dict(datasets.load_dataset(str(builder), data_files=files))
         except Exception as e:  # noqa: BLE001
-            problem = _first_file_problem(paths)
+            problem = _first_file_problem(paths) or columns_problem(files)
             raise DatasetError(f"dataset.data_files: {problem}." if problem else
                                f"{where} could not be loaded: {type(e).__name__}: {e}") from e
     else:

@@ -15,7 +15,7 @@ from rlhf_exp.rewards.base import RewardError, RewardModel, RewardOutput, to_sco
 
 __all__ = ["RewardError", "RewardModel", "RewardOutput", "to_score_tensor", "build_reward_model", "REWARD_KINDS"]
 
-COMMON_KEYS = ("kind", "name")
+COMMON_KEYS = ("kind", "name", "timeout")
 
 
 def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...], option: str) -> None:
@@ -109,6 +109,10 @@ def build_reward_model(cfg: Mapping[str, Any], option: str = "reward_model") -> 
     # come from its kind's preset in conf/reward_model/, which the config schema names: the yaml's defaults
     cfg = complete_reward(cfg)
     factory = REWARD_KINDS[kind]
-    if len(inspect.signature(factory).parameters) >= 2:
-        return factory(cfg, option)
-    return factory(cfg)
+    reward = factory(cfg, option) if len(inspect.signature(factory).parameters) >= 2 else factory(cfg)
+    timeout = cfg.get("timeout")     # every kind of conf/reward_model/ has it; a kind registered without a schema not
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"{option}.timeout must be a number of seconds > 0 (or null: no limit), got {timeout!r}.")
+        reward.timeout, reward.timeout_option = float(timeout), f"{option}.timeout"
+    return reward

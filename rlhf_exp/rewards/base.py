@@ -7,6 +7,7 @@ that the loop logs beside the reward (the positive-class probability of a classi
 from __future__ import annotations
 
 import numbers
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -15,6 +16,39 @@ import torch
 
 class RewardError(ValueError):
     """A reward returned something the loop cannot use (wrong length, NaN/inf, not numbers)."""
+
+
+class RewardTimeout(RewardError):
+    """A reward call took longer than its ``timeout`` (``reward_model.timeout``)."""
+
+
+def call_with_timeout(fn, timeout: Optional[float], name: str, option: str):
+    """``fn()``, or :class:`RewardTimeout` when it has not returned within ``timeout`` seconds (None: no limit).
+
+    The call runs in a daemon thread that the caller joins with that timeout (the main thread waits in ``join``, where
+    SIGTERM / SIGINT are still handled). Python cannot stop a thread: a call that never returns stays blocked in its
+    thread, holding what it holds (a socket, a lock), until the process exits, which the error ends the run with;
+    being a daemon thread, it does not keep the process alive."""
+    if timeout is None:
+        return fn()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True, name=f"reward {name}")
+    worker.start()
+    worker.join(float(timeout))
+    if worker.is_alive():
+        raise RewardTimeout(f"Reward {name!r} did not return within {option}={float(timeout):g} s (a stuck judge or "
+                            f"verifier?). The call was abandoned (its thread cannot be stopped and stays blocked until "
+                            f"the process exits). Fix the reward, or raise {option}.")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 @dataclass
@@ -64,6 +98,8 @@ class RewardModel:
     name: str = "reward"
     per_token: bool = False
     policy_tokenizer: Any = None
+    timeout: Optional[float] = None          # seconds per call (``reward_model.timeout``); None = no limit
+    timeout_option: str = "reward_model.timeout"
 
     def bind_policy_tokenizer(self, tokenizer: Any) -> None:
         """Called by the loop with the policy's tokenizer (to decode ``completion_ids`` prefixes, for example)."""
@@ -79,7 +115,8 @@ class RewardModel:
         n = len(completions)
         if len(prompts) != n:
             raise RewardError(f"Reward {self.name!r} got {len(prompts)} prompts for {n} completions.")
-        out = self.score(prompts, completions, **columns)
+        out = call_with_timeout(lambda: self.score(prompts, completions, **columns), self.timeout, self.name,
+                                self.timeout_option)
         if not isinstance(out, RewardOutput):
             out = RewardOutput(scores=out)
         scores = to_score_tensor(self.name, out.scores, n)

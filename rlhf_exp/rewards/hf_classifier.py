@@ -16,6 +16,8 @@ A classifier whose tokenizer has no pad token (GPT-2 as it ships) pads with its 
 """
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -41,6 +43,27 @@ def encode_texts(tokenizer, texts: Sequence[str], max_length: int, truncation_si
         return tokenizer(list(texts), truncation=True, max_length=int(max_length))["input_ids"]
     finally:
         tokenizer.truncation_side = side
+
+
+def _refuse_a_new_head(model, info, resolved: str, option: str, path: str) -> None:
+    """Refuse a checkpoint without the classification head: transformers then initialises the head at random (it
+    reports those weights as missing) and the "reward" is noise. A causal language model (the policy's folder, say)
+    is the usual case."""
+    prefix = f"{model.base_model_prefix}."
+    head = sorted(k for k in info.get("missing_keys", ()) if not str(k).startswith(prefix))
+    if not head:
+        return
+    import json
+
+    archs = []
+    with contextlib.suppress(OSError, ValueError):
+        archs = json.loads((Path(resolved) / "config.json").read_text()).get("architectures") or []
+    arch = archs[0] if archs else type(model).__name__
+    kind = " (a causal language model)" if arch.endswith(("LMHeadModel", "ForCausalLM")) else ""
+    raise ValueError(f"{option}={path} is a {arch}{kind}, not a classifier: its checkpoint has no classification "
+                     f"head ({', '.join(head)} would be random weights, so the reward would be noise). Point {option} "
+                     f"at a sequence classifier (a model saved by AutoModelForSequenceClassification, such as a "
+                     f"reward model trained with objective=reward: reward_model=learned).")
 
 
 class HFClassifierReward(RewardModel):
@@ -77,8 +100,10 @@ class HFClassifierReward(RewardModel):
         self.name = name
         self.tokenizer = load_tokenizer(resolved, option=option, padding_side="right")
         self.truncation_side = truncation_side
-        self.model = disable_dropout(from_pretrained_checked(AutoModelForSequenceClassification, resolved, option,
-                                                             path)).eval()
+        model, info = from_pretrained_checked(AutoModelForSequenceClassification, resolved, option, path,
+                                              output_loading_info=True)
+        _refuse_a_new_head(model, info, resolved, option, path)
+        self.model = disable_dropout(model).eval()
         check_tokenizer_fits(self.model, self.tokenizer, option, option)
         for p in self.model.parameters():
             p.requires_grad_(False)

@@ -26,7 +26,7 @@ from rlhf_exp.core.advantages import preprocess_scores
 from rlhf_exp.core.kl import full_kl_from_logits, kl_unused, make_kl_controller, per_token_kl
 from rlhf_exp.core.masked import masked_moments
 from rlhf_exp.core.state import check_keys
-from rlhf_exp.data import Prompt, load_prompt_data
+from rlhf_exp.data import Prompt, load_prompt_data, prompt_limit
 from rlhf_exp.distributed import (in_mixed_precision, mean_over_ranks, micro_batch_loss_scale, rank_slice,
                                   synchronize)
 from rlhf_exp.modeling import check_tokenizer_fits, load_policy, max_positions, reference_of, score_responses
@@ -78,15 +78,10 @@ class OnlineTrainer:
         check_tokenizer_fits(policy, self.tokenizer, "model.path", tokenizer_option)
         self.ref = in_mixed_precision(proc.acc, reference_of(policy, mcfg.ref_path, mcfg.dtype).to(proc.device))
 
-        data = load_prompt_data(cfg.dataset, self.tokenizer)
+        data = load_prompt_data(cfg.dataset, self.tokenizer, prompt_limit(   # a too-long prompt fails as it is made
+            max_positions(policy), cfg.generation.max_new_tokens, f"model.path={mcfg.path}"))
         self.sampler = ResumablePromptSampler(data.train, seed=cfg.seed)   # one global draw per step; each rank its slice
         self.eval_prompts: list[Prompt] = data.eval
-        limit, longest = max_positions(policy), max(len(p.ids) for p in data.train + data.eval)
-        if limit is not None and longest + int(cfg.generation.max_new_tokens) > limit:
-            raise ValueError(
-                f"The longest prompt ({longest} tokens) plus generation.max_new_tokens={cfg.generation.max_new_tokens} "
-                f"is longer than the {limit} positions of model.path={mcfg.path}. Shorten the prompts "
-                f"(dataset.max_prompt_tokens, or dataset.prompt_max_tokens) or lower generation.max_new_tokens.")
 
         self.sampling = training_sampling(cfg.generation, announce=proc.is_main)
         eval_sampling, eval_lengths = evaluation_sampling(self.sampling, cfg.eval, len(self.eval_prompts))
