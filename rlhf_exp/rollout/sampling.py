@@ -266,9 +266,10 @@ class Decoder:
 
     The compiled step is ``torch.compile`` of the model's one-token forward over the static cache. On CUDA it runs
     with ``mode="reduce-overhead"`` (CUDA graphs) over the whole preallocated cache (fixed shapes: attention over
-    every position, the unfilled ones masked), without dropping ended rows; elsewhere (CPU) with ``dynamic=True``
-    over the filled prefix, one graph for every step and batch size. The first calls compile (tens of seconds on
-    CPU), later ones reuse the graph."""
+    every position, the unfilled ones masked); elsewhere (CPU) with ``dynamic=True`` over the filled prefix, one
+    graph for every step and batch size. Compiled, ended rows stay in the batch (a new batch size, and a batch of
+    one row, would compile another graph). The first calls compile (tens of seconds on CPU), later ones reuse the
+    graph."""
 
     def __init__(self, compile: bool = False):
         self.compile = bool(compile)
@@ -287,6 +288,12 @@ class Decoder:
                          use_cache=True, **{cache_arg: cache})
                 return out.logits[:, -1]
 
+            if not cuda_graphs:
+                # no "duck" sizing: sizes that happen to be equal in the first trace (a batch of 8 and a mask width
+                # of 8) would be assumed equal for good, and every later call where they differ would recompile
+                from torch.fx.experimental import _config as fx_config
+
+                fx_config.use_duck_shape = False
             compiled = (torch.compile(step, mode="reduce-overhead", dynamic=False) if cuda_graphs
                         else torch.compile(step, dynamic=True))
             self._steps[key] = (lm, compiled)
@@ -391,7 +398,8 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
     out = lm(input_ids=prompt_ids, attention_mask=mask, position_ids=position, use_cache=True, **extra)
     logits = out.logits[:, -1]
     cache = getattr(out, cache_arg)
-    shrink = not synced and not cuda_graphs and hasattr(cache, "batch_select_indices")
+    # compiled: the batch stays whole (a batch size of 1 or each new size would compile another graph)
+    shrink = not synced and not compiled and hasattr(cache, "batch_select_indices")
     position = position[:, -1:].clone()
     rows = torch.arange(B, device=device)           # the rows of the full batch still in the cache
     done = torch.zeros(B, dtype=torch.bool, device=device)
