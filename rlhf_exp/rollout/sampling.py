@@ -2,9 +2,10 @@
 the padding helpers every backend shares.
 
 :func:`generate` runs our own decode loop (:func:`decode`): one prefill forward of the prompts, then one forward per
-new token on the model's KV cache, sampling each token by inverse-CDF from ``softmax(logits / temperature)`` (one
-uniform draw per row, :func:`sample_categorical`); ended rows leave the batch, and it stops when every row has ended. With ``top_k``/``top_p``
-it calls Hugging Face ``generate`` instead (its logits warpers). Sampling is pure by default (``top_k=0``,
+new token on a KV cache (preallocated and written in place where the model allows: :func:`static_cache_supported`;
+compiled with :class:`Decoder` ``compile=True``), sampling each token by inverse-CDF from
+``softmax(logits / temperature)`` (one uniform draw per row, :func:`sample_categorical`); ended rows leave the batch,
+and it stops when every row has ended. With ``top_k``/``top_p`` it calls Hugging Face ``generate`` instead (its logits warpers). Sampling is pure by default (``top_k=0``,
 ``top_p=1.0``), so the sampler is exactly the policy ``softmax(logits / temperature)`` that the loss scores. Each
 response is cut at a length drawn per sample from ``[min_new_tokens, max_new_tokens]`` (the TRL IMDb recipe's
 ``LengthSampler``) or at its first EOS, which stays in the response once; everything after is padding. "EOS" is every
@@ -13,9 +14,9 @@ id in ``eos_ids``: the tokenizer's EOS and each EOS id of the model's ``generati
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
@@ -206,8 +207,8 @@ def _prefix_layer_class():
     class PrefixLayer(StaticLayer):
         """One layer's keys and values, preallocated ``(B, H, L, D)`` and written in place at the next free
         positions; attention reads the filled prefix ``[:filled]`` (a view, no copy), so a step costs what the
-        tokens so far cost, not the whole buffer. Rows leave with :meth:`batch_select_indices` (a copy of the
-        filled prefix of the rows kept)."""
+        tokens so far cost, not the whole buffer. Rows leave with :meth:`batch_select_indices` (a copy of the rows
+        kept)."""
 
         def __init__(self, max_cache_len: int):
             super().__init__(max_cache_len=max_cache_len)
@@ -400,7 +401,7 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
     cache = getattr(out, cache_arg)
     # compiled: the batch stays whole (a batch size of 1 or each new size would compile another graph)
     shrink = not synced and not compiled and hasattr(cache, "batch_select_indices")
-    position = position[:, -1:].clone()
+    position = position[:, -1].clone().view(-1, 1)   # strides (1, 1) for any batch size (one compiled graph)
     rows = torch.arange(B, device=device)           # the rows of the full batch still in the cache
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(limit):
