@@ -274,6 +274,7 @@ class Decoder:
 
     def __init__(self, compile: bool = False):
         self.compile = bool(compile)
+        self.whole_buffer = False   # True: the CUDA-graph path's cache layout without compiling (tests run it on CPU)
         self.compile_s = 0.0
         self.last_path: Optional[str] = None
         self._steps: dict = {}
@@ -375,11 +376,13 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
     cache_arg = cache_argument(lm) or "past_key_values"
     static = static_cache_supported(lm)
     compiled = decoder.compile and static
-    cuda_graphs = compiled and device.type == "cuda"   # fixed shapes: the whole buffer, no rows dropped
+    cuda_graphs = compiled and device.type == "cuda"
+    # fixed shapes for CUDA graphs: attention over the whole (length-bucketed) buffer, the unfilled part masked
+    whole = static and (cuda_graphs or decoder.whole_buffer)
     decoder.last_path = ("static-compiled" if compiled else "static") if static else "dynamic"
     if static:
-        width = _bucket(P + limit) if cuda_graphs else P + limit
-        cache = decoder.cache_for(lm, B, width, full=cuda_graphs)
+        width = _bucket(P + limit) if whole else P + limit
+        cache = decoder.cache_for(lm, B, width, full=whole)
         extra[cache_arg] = cache
         # the mask every step reads: prompt columns as the prompt mask, a generated position's column set when its
         # token enters; sdpa takes booleans (True = attend), eager adds it to the scores
@@ -400,7 +403,7 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
     logits = out.logits[:, -1]
     cache = getattr(out, cache_arg)
     # compiled: the batch stays whole (a batch size of 1 or each new size would compile another graph)
-    shrink = not synced and not compiled and hasattr(cache, "batch_select_indices")
+    shrink = not synced and not compiled and not whole and hasattr(cache, "batch_select_indices")
     position = position[:, -1].clone().view(-1, 1)   # strides (1, 1) for any batch size (one compiled graph)
     rows = torch.arange(B, device=device)           # the rows of the full batch still in the cache
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -424,7 +427,7 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
         ids = nxt.unsqueeze(1)
         if static:
             attn[:, 0, 0, P + t] = seen
-            step_mask = attn if cuda_graphs else attn[..., :P + t + 1]
+            step_mask = attn if whole else attn[..., :P + t + 1]
             if compiled:
                 if cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
