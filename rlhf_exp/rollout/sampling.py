@@ -404,7 +404,7 @@ def decode(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: Sa
     cache = getattr(out, cache_arg)
     # compiled: the batch stays whole (a batch size of 1 or each new size would compile another graph)
     shrink = not synced and not compiled and not whole and hasattr(cache, "batch_select_indices")
-    position = position[:, -1].clone().view(-1, 1)   # strides (1, 1) for any batch size (one compiled graph)
+    position = position[:, -1:].clone(memory_format=torch.contiguous_format)   # strides (1, 1): one compiled graph
     rows = torch.arange(B, device=device)           # the rows of the full batch still in the cache
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(limit):
