@@ -8,7 +8,9 @@ The count (docs/performance.md) is the arithmetic of the matrix products, per po
                   + 4 * n_layer * d_attn * pairs         attention: the scores q.k and the weighted sum of the
                                                          values, 2 * d_attn each per (query, key) pair and layer
                   + 2 * d_model * V * logit_rows         the output head, for the positions whose logits are taken
-    backward FLOPs = 2 * forward FLOPs                   gradients of the activations and of the weights
+    backward FLOPs = 2 * forward FLOPs                   gradients of the activations and of the weights (with
+                                                         LoRA the frozen weights get no gradient: the update's count
+                                                         is then an upper bound, about 1.5x the arithmetic)
 
 ``tokens`` are the positions fed to the model, ``pairs`` the (query, key) pairs attention computes for them summed
 over positions (causal: position i of a sequence attends to i + 1 positions, so a sequence of n positions has
