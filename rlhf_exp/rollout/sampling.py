@@ -159,8 +159,8 @@ def cache_argument(lm) -> Optional[str]:
 def static_cache_supported(lm) -> bool:
     """Whether :func:`decode` can run ``lm`` on a preallocated KV cache written in place (the static path).
 
-    Needs transformers' ``StaticCache`` in the form where each layer tracks its own write position (transformers
-    >= 5.25: the model's forward takes no ``cache_position``), a model that declares it can be compiled whole
+    Needs transformers' ``StaticCache`` in the form where each layer tracks its own write position (the model's
+    forward takes no ``cache_position``: transformers 5.23, 5.24 and 5.25 tested), a model that declares it can be compiled whole
     (``_can_compile_fullgraph``: GPT-2, Llama, Qwen2 ...), full attention in every layer (no sliding window, no
     linear attention) and the ``sdpa`` or ``eager`` attention implementation (the 4-D mask the loop writes in place
     is in their format). Anything else decodes on the model's own (growing) cache."""
