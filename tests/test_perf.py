@@ -1,16 +1,82 @@
-"""The analytic FLOP count (rlhf_exp.perf): the embedded policy's shape counted by hand, one forward against
-PyTorch's FlopCounterMode, the phase formulas against hand counts, and the per-step perf/ rates of a real run."""
-import dataclasses
+"""The analytic FLOP count (rlhf_exp/perf.py): hand-computed values, identities, and PyTorch's FLOP counter on real
+(tiny, random) GPT-2 and Qwen2 models."""
+from __future__ import annotations
 
 import pytest
 import torch
 
-from rlhf_exp.config import resolve_asset
-from rlhf_exp.perf import LMShape, forward_flops, generation_flops, scoring_flops, step_metrics, update_flops
+from rlhf_exp.perf import DecoderShape, attended_positions, forward_flops, generation_flops, training_flops
+
+SHAPE = DecoderShape(n_params=1000, n_layers=2, d_model=8, d_attn=8, vocab_size=50)
 
 
+def test_forward_flops_by_hand():
+    # 3 tokens, nothing cached: 2*1000*3 + 4*2*8*(1+2+3) + 2*8*50*3 = 6000 + 384 + 2400
+    assert attended_positions(3) == 6
+    assert forward_flops(SHAPE, 3) == 6000 + 384 + 2400
+    # 2 tokens after 5 cached: they attend to 6 and 7 positions
+    assert attended_positions(2, 5) == 13
+    assert forward_flops(SHAPE, 2, 5, logit_tokens=1) == 2 * 1000 * 2 + 4 * 2 * 8 * 13 + 2 * 8 * 50 * 1
+    assert training_flops(SHAPE, 3) == 3 * forward_flops(SHAPE, 3)
+
+
+def test_generation_equals_one_forward_over_the_fed_tokens_and_is_elementwise():
+    for p, g in ((4, 1), (4, 6), (1, 9)):
+        assert generation_flops(SHAPE, p, g) == forward_flops(SHAPE, p + g - 1, 0, logit_tokens=g)
+    # generating token by token: the prefill, then one forward per fed-back token, each attending to all before it
+    steps = forward_flops(SHAPE, 4, 0, logit_tokens=1) + sum(forward_flops(SHAPE, 1, 4 + i) for i in range(5))
+    assert generation_flops(SHAPE, 4, 6) == steps
+    prompts, news = torch.tensor([4.0, 1.0]), torch.tensor([6.0, 9.0])
+    per_seq = generation_flops(SHAPE, prompts, news)
+    assert per_seq.tolist() == [generation_flops(SHAPE, 4, 6), generation_flops(SHAPE, 1, 9)]
+
+
+def _matmul_only_params(model, shape: DecoderShape) -> int:
+    """The non-embedding parameters that are matrix weights (what FlopCounterMode sees multiplied)."""
+    excluded = {id(p) for p in model.get_input_embeddings().parameters()}
+    excluded |= {id(p) for p in model.get_output_embeddings().parameters()}
+    return sum(p.numel() for n, p in model.named_parameters()
+               if id(p) not in excluded and p.dim() == 2 and "wpe" not in n)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_forward_flops_match_pytorch_flop_counter(arch):
+    """FlopCounterMode counts matrix products (2 m n k) and the whole L x L attention matrix: ours plus the masked
+    half of the attention products, less the biases and norms (counted in N, not multiplied) gives its count."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    else:  # grouped-query attention (4 query heads, 2 key/value heads), untied LM head
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             tie_word_embeddings=False, max_position_embeddings=64))
+    model.config._attn_implementation = "eager"
+    model.eval()
+    shape = DecoderShape.from_model(model)
+    assert shape.n_layers == 2 and shape.d_model == 32 and shape.d_attn == 32 and shape.vocab_size == 300
+    embeddings = sum(p.numel() for p in model.get_input_embeddings().parameters())
+    if arch == "gpt2":
+        embeddings += model.transformer.wpe.weight.numel()   # tied LM head: counted once, with the embeddings
+    else:
+        embeddings += model.lm_head.weight.numel()
+    assert shape.n_params == sum(p.numel() for p in model.parameters()) - embeddings
+    L = 12
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randint(0, 300, (1, L)))
+    measured = counter.get_total_flops()
+    masked_half = 4 * shape.n_layers * shape.d_attn * (L * L - attended_positions(L))
+    not_multiplied = 2 * (shape.n_params - _matmul_only_params(model, shape)) * L
+    assert forward_flops(shape, L) + masked_half - not_multiplied == measured
+
+
+# ------------------------------------------------------------------------------ the phases of an online step
 def _embedded():
     from transformers import AutoModelForCausalLM
+
+    from rlhf_exp.config import resolve_asset
 
     return AutoModelForCausalLM.from_pretrained(resolve_asset("tiny_reviews/policy")).eval()
 
@@ -21,61 +87,37 @@ def test_shape_of_the_embedded_policy_by_hand():
     # position embeddings and the tied head are not counted.
     block = 128 * 384 + 384 + 128 * 128 + 128 + 128 * 512 + 512 + 512 * 128 + 128 + 4 * 128
     assert block == 198_272
-    assert LMShape.of(_embedded()) == LMShape(n_layer=4, d_model=128, d_attn=128, vocab=1536,
-                                              non_embedding_params=4 * block + 256)
-
-
-def test_forward_count_equals_flop_counter_on_one_forward():
-    """FlopCounterMode counts the matrix products (weights without their biases, both attention products over the
-    full score matrix, the head); the formula with N = the blocks' weight matrices and the query x key pairs the
-    products compute gives the same number exactly. (Eager attention: PyTorch has no FLOP formula for the CPU
-    flash-attention kernel that sdpa runs.) N with biases and norms (Kaplan's) adds 2 per such parameter and
-    token."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    lm = _embedded()
-    lm.set_attn_implementation("eager")
-    B, n = 3, 10
-    ids = torch.randint(1, 1500, (B, n), generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        lm(input_ids=ids)
-    shape = LMShape.of(lm)
-    matrices = sum(p.numel() for name, p in lm.transformer.h.named_parameters() if p.dim() == 2)
-    assert matrices == 4 * (128 * 384 + 128 * 128 + 2 * 128 * 512)
-    counted = forward_flops(dataclasses.replace(shape, non_embedding_params=matrices), tokens=B * n,
-                            pairs=B * n * n, logit_rows=B * n)
-    assert fc.get_total_flops() == counted
-    other = shape.non_embedding_params - matrices
-    assert forward_flops(shape, B * n, B * n * n, B * n) == counted + 2 * other * B * n
+    assert DecoderShape.from_model(_embedded()) == DecoderShape(n_params=4 * block + 256, n_layers=4, d_model=128,
+                                                                d_attn=128, vocab_size=1536)
 
 
 def test_phase_counts_by_hand():
-    shape = LMShape(n_layer=2, d_model=8, d_attn=8, vocab=10, non_embedding_params=100)
-    p, n = torch.tensor([3, 2]), torch.tensor([4, 0])
+    from rlhf_exp.perf import batch_generation_flops, batch_scoring_flops, batch_update_flops
+
+    shape = DecoderShape(n_params=100, n_layers=2, d_model=8, d_attn=8, vocab_size=10)
+    p, n = torch.tensor([3.0, 2.0]), torch.tensor([4.0, 0.0])
     # row 0: prefill 3 tokens (pairs 1 + 2 + 3), then 3 one-token steps attending to 4, 5, 6 positions; 4 logit rows;
     # row 1 generated nothing
-    want = 2 * 100 * 6 + 4 * 2 * 8 * (6 + 15) + 2 * 8 * 10 * 4
-    assert generation_flops(shape, p, n) == want
+    assert batch_generation_flops(shape, p, n) == 2 * 100 * 6 + 4 * 2 * 8 * (6 + 15) + 2 * 8 * 10 * 4
     # scoring: rows of 7 and 2 positions, pairs 28 + 3, logits of the 4 response tokens
     score = 2 * 100 * 9 + 4 * 2 * 8 * 31 + 2 * 8 * 10 * 4
-    assert scoring_flops(shape, p, n) == score
-    assert update_flops(shape, p, n, epochs=2) == 6 * score
-    # generating n tokens runs the same forward as scoring p + n - 1 positions, with logits for n of them
-    p1, n1 = torch.tensor([5]), torch.tensor([7])
-    assert generation_flops(shape, p1, n1) == scoring_flops(shape, p1, n1 - 1) + 2 * 8 * 10
+    assert batch_scoring_flops(shape, p, n) == score
+    assert batch_update_flops(shape, p, n, epochs=2) == 6 * score
 
 
 def test_step_metrics_rates():
+    from rlhf_exp.perf import batch_generation_flops, batch_scoring_flops, batch_update_flops, step_metrics
+
     lm = _embedded()
     pm = torch.tensor([[0, 1, 1], [1, 1, 1]])
     rm = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     m = step_metrics(lm, pm, rm, gen_s=0.5, score_s=0.25, update_s=2.0, score_forwards=2, epochs=1, compile_s=3.0)
-    shape = LMShape.of(lm)
-    p, n = pm.sum(1), rm.sum(1)
-    assert m["perf/gen_flops"] == generation_flops(shape, p, n)
+    shape = DecoderShape.from_model(lm)
+    p, n = pm.sum(1).double(), rm.sum(1).double()
+    assert m["perf/gen_flops"] == batch_generation_flops(shape, p, n)
     assert m["perf/gen_flops_per_s"] == pytest.approx(m["perf/gen_flops"] / 0.5)
-    assert m["perf/score_flops"] == 2 * scoring_flops(shape, p, n)
-    assert m["perf/update_flops_per_s"] == pytest.approx(update_flops(shape, p, n, 1) / 2.0)
+    assert m["perf/score_flops"] == 2 * batch_scoring_flops(shape, p, n)
+    assert m["perf/update_flops_per_s"] == pytest.approx(batch_update_flops(shape, p, n, 1) / 2.0)
     assert m["perf/gen_tokens_per_s"] == 6 / 0.5 and m["perf/score_tokens_per_s"] == 2 * 11 / 0.25
     assert m["perf/update_tokens_per_s"] == 11 / 2.0 and m["perf/compile_s"] == 3.0
 

@@ -281,7 +281,7 @@ def test_composite_errors_name_the_part():
     with pytest.raises(ValueError, match="reward_model.parts.x.weight must be a number"):
         build_reward_model({"kind": "composite", "parts": {"x": {"kind": "vader", "weight": "big"}}})
     with pytest.raises(ValueError, match="reward_model.parts.x: unknown option\\(s\\) feild"):
-        build_reward_model({"kind": "composite", "parts": {"x": {"kind": "vader", "feild": "pos"}}})
+        build_reward_model({"kind": "composite", "parts": {"x": {"kind": "vader", "weight": 1.0, "feild": "pos"}}})
     with pytest.raises(ValueError, match="at least one part"):
         build_reward_model({"kind": "composite", "parts": {}})
 

@@ -148,8 +148,9 @@ def test_multirun_keeps_going_after_a_failed_job_and_exits_nonzero(tiny_sweep):
     statuses = {j.name[:3]: json.loads((j / "summary.json").read_text())["status"] for j in jobs}
     assert statuses["000"] == statuses["002"] == "finished", proc.stderr[-3000:]
     for failed in ("001", "003"):
-        assert statuses[failed] == "failed: ConfigError: train.steps must be >= 0 (0 = evaluate only), got -1."
-    assert proc.stderr.count("not started: train.steps must be >= 0") == 2
+        assert statuses[failed] == ("failed: ConfigError: train.steps must be an integer >= 0 (0 = evaluate only), "
+                                    "got -1.")
+    assert proc.stderr.count("not started: train.steps must be an integer >= 0") == 2
     failed_summary = json.loads((jobs[1] / "summary.json").read_text())
     assert failed_summary["objective"] == "ppo"
     # The sweep ends (after Hydra's report of the failed job) with its folder and the compare command for it.
@@ -221,6 +222,16 @@ def test_compare_writes_tables_and_readable_plots(tiny_sweep, tmp_path, capsys):
         assert data[:8] == PNG_SIGNATURE
         img = matplotlib.image.imread(out / name)
         assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
+
+
+def test_summary_records_the_environment(tiny_sweep):
+    """A real run's summary.json (finished or refused at validation) holds the environment it ran in."""
+    import torch
+
+    for job in sorted(p for p in tiny_sweep["dir"].iterdir() if p.is_dir()):
+        env = json.loads((job / "summary.json").read_text())["environment"]
+        assert env["packages"]["torch"] == torch.__version__ and env["world_size"] == 1
+        assert env["device"]["type"] == "cpu" and set(env["git"]) == {"commit", "dirty"}
 
 
 def test_compare_explains_a_folder_without_runs(tmp_path, capsys):

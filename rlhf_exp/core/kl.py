@@ -180,7 +180,7 @@ class AdaptiveKLController(KLController):
 def kl_unused(kl_cfg) -> bool:
     """True when the KL cannot enter the loss or the reward: ``kl=none``, or ``kl=fixed`` with ``kl_coef`` 0."""
     controller = str(kl_cfg.get("controller"))
-    return controller == "none" or (controller == "fixed" and float(kl_cfg.get("kl_coef", 0.0)) == 0.0)
+    return controller == "none" or (controller == "fixed" and float(kl_cfg["kl_coef"]) == 0.0)
 
 
 def make_kl_controller(controller: str, kl_coef: float, target: float | None = None, horizon: float | None = None,

@@ -141,7 +141,7 @@ def render_conversations(records: Sequence[Mapping[str, Any]], tokenizer, where:
             continue
         if not getattr(tokenizer, "chat_template", None):
             _require_chat_template(tokenizer, f"{where}: the data is conversational (lists of role/content messages)")
-        rw = f"{where}, row {r.get('row', '?')}"
+        rw = f"{where}, row {r.get('row', '?')}"  # a record, not a setting: one built by hand may have no row
         rec = {k: v for k, v in r.items() if k not in ("prompt", "completion", "chosen", "rejected", "messages")}
         if "messages" in r:
             rec["prompt"], parts = render_turns(tokenizer, r["messages"], f"{rw}, column 'messages'")

@@ -76,8 +76,8 @@ def _from_texts(tokenizer, rows: Sequence[Mapping[str, Any]], column: str, n: Op
 def _tiny_reviews(cfg: Mapping[str, Any], tokenizer) -> PromptData:
     from rlhf_exp.task import reviews
 
-    seed = int(cfg.get("seed", 0))
-    n_train, n_eval = int(cfg.get("train_size", 8192)), int(cfg.get("eval_size", 128))
+    seed = int(cfg["seed"])
+    n_train, n_eval = int(cfg["train_size"]), int(cfg["eval_size"])
     train_rows = [{"text": r.text, "label": r.label} for r in reviews.split_reviews("prompts_train", n_train, seed)]
     eval_rows = [{"text": r.text, "label": r.label} for r in reviews.split_reviews("prompts_eval", 2 * n_eval, seed)]
     return PromptData(
@@ -87,9 +87,9 @@ def _tiny_reviews(cfg: Mapping[str, Any], tokenizer) -> PromptData:
 
 
 def _hf(cfg: Mapping[str, Any], tokenizer) -> PromptData:
-    column = cfg.get("prompt_column", "prompt")
-    seed = int(cfg.get("seed", 0))
-    n_train, n_eval = cfg.get("train_size"), int(cfg.get("eval_size", 128))
+    column = cfg["prompt_column"]
+    seed = int(cfg["seed"])
+    n_train, n_eval = cfg["train_size"], int(cfg["eval_size"])
 
     def check(found: Sequence[str], where: str) -> None:
         if column is None:
@@ -114,10 +114,10 @@ def load_prompt_data(cfg: Mapping[str, Any], tokenizer) -> PromptData:
         raise DatasetError(f"Unknown dataset.kind {kind!r}. Valid: {', '.join(SOURCES)}.")
     data = SOURCES[kind](cfg, tokenizer)
     if not data.train:
-        raise DatasetError(f"dataset {cfg.get('name', kind)!r} produced no training prompts; check its columns and "
+        raise DatasetError(f"dataset {cfg['name']!r} produced no training prompts; check its columns and "
                            f"prompt length settings.")
     if not data.eval:
-        raise DatasetError(f"dataset {cfg.get('name', kind)!r} produced no eval prompts.")
+        raise DatasetError(f"dataset {cfg['name']!r} produced no eval prompts.")
     return data
 
 
@@ -144,4 +144,4 @@ def offline_eval_prompts(cfg: Mapping[str, Any], tokenizer, records: Sequence[Ma
         if p and p not in seen:
             seen.add(p)
             rows.append({"text": p})
-    return _from_texts(tokenizer, rows, "text", int(cfg.get("eval_size", 128)), int(cfg.get("seed", 0)) + 1, cfg)
+    return _from_texts(tokenizer, rows, "text", int(cfg["eval_size"]), int(cfg["seed"]) + 1, cfg)

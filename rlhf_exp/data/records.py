@@ -22,8 +22,8 @@ RECORD_FIELDS = ("prompt", "completion", "text", "messages", "chosen", "rejected
 def _tiny_reviews_records(cfg: Mapping[str, Any], fmt: str) -> OfflineData:
     from rlhf_exp.task import reviews
 
-    seed = int(cfg.get("seed", 0))
-    n_train, n_eval = int(cfg.get("offline_train_size", 8192)), int(cfg.get("offline_eval_size", 512))
+    seed = int(cfg["seed"])
+    n_train, n_eval = int(cfg["offline_train_size"]), int(cfg["offline_eval_size"])
     if fmt == "sft":   # whole reviews, as the embedded policy was trained (no prompt)
         return OfflineData(*[[{"prompt": "", "completion": t} for t in reviews.split_data(f"sft_{part}", n, seed)]
                              for part, n in (("train", n_train), ("eval", n_eval))])
@@ -162,8 +162,8 @@ def _to_records(rows, fmt: str, cfg: Mapping[str, Any], where: str,
 
 
 def _hf_records(cfg: Mapping[str, Any], fmt: str) -> OfflineData:
-    seed = int(cfg.get("seed", 0))
-    n_train, n_eval = cfg.get("offline_train_size"), int(cfg.get("offline_eval_size", 512))
+    seed = int(cfg["seed"])
+    n_train, n_eval = cfg["offline_train_size"], int(cfg["offline_eval_size"])
     cols = _columns(cfg)                    # config errors first, before any loading
     (train, train_rows, w_train), (ev, ev_rows, w_eval) = _train_eval(
         cfg, n_eval, seed, lambda found, where: _check_record_columns(list(found), fmt, cols, where))
@@ -191,10 +191,10 @@ def load_offline_data(cfg: Mapping[str, Any], fmt: str, tokenizer=None) -> Offli
         raise DatasetError(f"Unknown dataset.kind {kind!r}. Valid: {', '.join(OFFLINE_SOURCES)}.")
     data = OFFLINE_SOURCES[kind](cfg, fmt)
     if not data.train or not data.eval:
-        raise DatasetError(f"dataset {cfg.get('name', kind)!r} gave {len(data.train)} train and {len(data.eval)} "
+        raise DatasetError(f"dataset {cfg['name']!r} gave {len(data.train)} train and {len(data.eval)} "
                            f"held-out {fmt} records; both must be non-empty.")
     if tokenizer is not None:
-        where = f"dataset {cfg.get('name', kind)}"
+        where = f"dataset {cfg['name']}"
         data = OfflineData(render_conversations(data.train, tokenizer, where),
                            render_conversations(data.eval, tokenizer, where))
     return data

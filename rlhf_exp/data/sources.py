@@ -198,7 +198,7 @@ def load_splits(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
 
     from rlhf_exp.modeling import _hub_reachable, _offline_env
 
-    name = cfg.get("name", cfg.get("kind"))
+    name = cfg["name"]
     if cfg.get("kind") == "files":
         files = _given_files(cfg)
         builder = cfg.get("path") or _files_builder(files)
@@ -223,7 +223,7 @@ def load_splits(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         if p.is_dir() and (p / "dataset_dict.json").exists():
             splits = dict(datasets.load_from_disk(str(p)))
         elif p.is_dir() and (p / "state.json").exists():
-            splits = {str(cfg.get("train_split") or "train"): datasets.load_from_disk(str(p))}
+            splits = {str(cfg["train_split"]): datasets.load_from_disk(str(p))}
         elif p.is_dir():
             paths = _data_files_under(p)
             splits = dict(_load_dataset(str(p), cfg, where, paths))
@@ -266,7 +266,7 @@ def _train_eval(cfg: Mapping[str, Any], n_eval: int, seed: int, check: Callable[
 
     ``dataset.eval_split: null``: the first ``n_eval`` rows of the shuffled train split are held out."""
     splits, where = load_splits(cfg)
-    train_split, eval_split = cfg.get("train_split") or "train", cfg.get("eval_split")
+    train_split, eval_split = cfg["train_split"], cfg["eval_split"]
     train = _split(splits, train_split, where, "dataset.train_split")
     w_train = f"{where}, split {train_split!r}"
     check(train.column_names, w_train)

@@ -191,7 +191,7 @@ class VLLMGenerator(RolloutEngine):
                              "memory); set it to false on CPU.")
         dtype = str(v.dtype)
         if dtype == "auto":
-            dtype = str(cfg.model.get("dtype") or "float32")
+            dtype = str(cfg.model.dtype)
         kwargs = dict(
             model=str(cfg.model.path), skip_tokenizer_init=True, dtype=dtype,
             seed=int(cfg.seed) + accelerator.process_index, tensor_parallel_size=tp,
