@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         trainer.train_step(0)  # warm-up (allocations, kernels; generation.compile compiles here)
-        compile_s = trainer.engine.compile_s
+        compile_s = trainer.rollouts.engine.compile_s
         rows = []
         t0, c0 = time.perf_counter(), time.process_time()
         for step in range(1, args.steps + 1):

@@ -22,6 +22,43 @@ def compose(overrides: list[str] | None = None):
         return hydra_compose(config_name="config", overrides=list(overrides or []))
 
 
+def _override_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def objective_from_yaml(name: str, kl: dict | None = None, max_new_tokens: int | None = None, **overrides):
+    """The objective ``python -m rlhf_exp objective=<name>`` builds, from the composed config (its yaml holds every
+    default): ``overrides`` are its settings (``group_size=2`` is ``objective.group_size=2``; a nested block as
+    ``**{"dynamic_sampling.enable": True}``; a key the yaml lacks as ``**{"+key": "<yaml value>"}``), ``kl`` settings of the kl block (``{"estimator": "k2"}``);
+    ``max_new_tokens`` (an online objective's constant normaliser) is ``generation.max_new_tokens`` unless given."""
+    from rlhf_exp.objectives import build_offline_objective, build_online_objective
+
+    args = [f"objective={name}"] + [f"+objective.{k[1:]}={v}" if k.startswith("+") else
+                                    f"objective.{k}={_override_value(v)}" for k, v in overrides.items()]
+    args += [f"kl.{k}={_override_value(v)}" for k, v in (kl or {}).items()]
+    cfg = compose(args)
+    if cfg.objective.kind == "offline":
+        return build_offline_objective(cfg.objective)
+    return build_online_objective(cfg.objective, cfg.kl, int(cfg.generation.max_new_tokens if max_new_tokens is None
+                                                             else max_new_tokens))
+
+
+def objective_names(kind: str) -> list[str]:
+    """The objectives of one kind (``online`` | ``offline``): the yaml files in ``conf/objective/``."""
+    from omegaconf import OmegaConf
+
+    from rlhf_exp.config import CONFIG_DIR
+
+    return sorted(p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml")
+                  if OmegaConf.load(p).objective.kind == kind)
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
     """A random 2-layer GPT-2 (dropout 0.1, as GPT-2 ships) with a byte-level tokenizer saved in HF format."""

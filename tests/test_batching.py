@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from rlhf_exp.modeling import PolicyModel, load_causal_lm, score_responses
-from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.rollout import pad_left, pad_right
 from rlhf_exp.task import POLICY_DIR
 from rlhf_exp.train.batching import padding_bounds, trim_padding
+from tests.conftest import objective_from_yaml
 
 PAD = 0
 
@@ -86,8 +86,8 @@ def test_trimmed_minibatch_same_loss_and_gradients(lm, objective, value_head, ag
     mb, _, _ = _minibatch()
     torch.manual_seed(0)
     base = PolicyModel(copy.deepcopy(lm), value_head=value_head)
-    cfg = {"name": objective, "group_size": 2 if objective != "ppo" else 1, "loss_aggregation": agg}
-    obj = build_online_objective(cfg, {"estimator": "k3", "in_reward": False}, max_new_tokens=16)
+    obj = objective_from_yaml(objective, kl={"estimator": "k3", "in_reward": False}, max_new_tokens=16,
+                              group_size=2 if objective != "ppo" else 1, loss_aggregation=agg)
     results = []
     for batch in (mb, trim_padding(mb)):
         model = copy.deepcopy(base)
@@ -162,13 +162,13 @@ def test_old_logprobs_from_the_update_forward_give_the_same_updates(tmp_path, ob
     for name, flag in (("skip", None), ("full", False)):
         t = _trainer(tmp_path / name, ov, flag)
         policy_forwards = []
-        real = t.scorer.forward_chunks
+        real = t.rollouts.scorer.forward_chunks
 
         def counting(model, *a, _real=real, _t=t, **k):
             policy_forwards.append(model is _t.policy)
             return _real(model, *a, **k)
 
-        t.scorer.forward_chunks = counting
+        t.rollouts.scorer.forward_chunks = counting
         ms = [t.train_step(s) for s in (1, 2)]
         runs[name] = (t, ms, sum(policy_forwards))
     (ts, ms_skip, n_skip), (tf, ms_full, n_full) = runs["skip"], runs["full"]
@@ -190,7 +190,7 @@ def test_old_logprobs_from_update_only_where_nothing_reads_them_earlier():
     from rlhf_exp.train.batching import old_logprobs_from_update
 
     def obj(name, **kl):
-        return build_online_objective({"name": name, "group_size": 4}, {"estimator": None, "in_reward": None, **kl}, 16)
+        return objective_from_yaml(name, kl=kl, group_size=4)
 
     assert old_logprobs_from_update(obj("grpo"), 1, 32, 32)
     assert not old_logprobs_from_update(obj("grpo"), 2, 32, 32)            # a second epoch moves the policy
@@ -200,6 +200,8 @@ def test_old_logprobs_from_update_only_where_nothing_reads_them_earlier():
     assert old_logprobs_from_update(obj("rloo", in_reward=False), 1, 32, 32)
     assert not old_logprobs_from_update(obj("grpo", estimator="full"), 1, 32, 32)
     assert not old_logprobs_from_update(obj("grpo"), 1, 32, 32, separate_sampler=True)   # vLLM's correction
+    dapo = objective_from_yaml("grpo", group_size=4, **{"dynamic_sampling.enable": True})
+    assert not old_logprobs_from_update(dapo, 1, 32, 32)                # dynamic sampling concatenates scored rounds
 
 
 @pytest.mark.parametrize("objective,kl", [("grpo", ["kl=fixed", "kl.kl_coef=0.0"]), ("ppo", ["kl=none"])])
@@ -212,13 +214,13 @@ def test_kl_track_false_skips_the_reference_forward_and_changes_no_update(tmp_pa
     for track in ("true", "false"):
         t = _trainer(tmp_path / track, ov + [f"kl.track={track}"])
         ref_forwards = []
-        real = t.scorer.forward_chunks
+        real = t.rollouts.scorer.forward_chunks
 
         def counting(model, *a, _real=real, _t=t, **k):
-            ref_forwards.append(model is _t.scorer.ref)
+            ref_forwards.append(model is _t.rollouts.scorer.ref)
             return _real(model, *a, **k)
 
-        t.scorer.forward_chunks = counting
+        t.rollouts.scorer.forward_chunks = counting
         runs[track] = (t, [t.train_step(s) for s in (1, 2)], sum(ref_forwards))
     (tt, mt, nt), (tf, mf, nf) = runs["true"], runs["false"]
     assert nt == 2 and nf == 0

@@ -29,16 +29,16 @@ DRIVER = textwrap.dedent("""
     kill_at = int(os.environ.get("CKPT_TEST_KILL_AT", "0"))
     sig = os.environ.get("CKPT_TEST_SIGNAL", "SIGKILL")
     if kill_at and os.environ.get("RANK", "0") == "0":
-        from rlhf_exp.train.evaluation import PolicyEvaluation
+        from rlhf_exp.train.history import RunHistory
         from rlhf_exp.train.offline import OfflineTrainer
         from rlhf_exp.train.online import OnlineTrainer
         if sig == "SIGKILL":
-            orig = PolicyEvaluation._record
-            def _record(self, metrics, step):
+            orig = RunHistory.record
+            def record(self, metrics, step):
                 orig(self, metrics, step)
                 if step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
-            PolicyEvaluation._record = _record
+            RunHistory.record = record
         else:
             for cls in (OnlineTrainer, OfflineTrainer):
                 def patched(self, step, _orig=cls.train_step):
@@ -257,48 +257,89 @@ def test_cut_jsonl_drops_later_steps_and_a_cut_line(tmp_path):
     assert [json.loads(x)["step"] for x in f.read_text().splitlines()] == [0, 1, 2]
 
 
-def test_loop_state_round_trip_restores_samplers_generators_and_baselines():
-    import random
+def _trainer(cfg, out):
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.train.online import OnlineTrainer
 
-    from rlhf_exp.core.advantages import MovingAverageBaseline
-    from rlhf_exp.core.kl import AdaptiveKLController
-    from rlhf_exp.data import PromptSampler
-    from rlhf_exp.train.common import RunningMoments
+    return OnlineTrainer(cfg, out, Tracker(out, cfg.logger, {}, "t", enabled=False))
 
-    class Obj:
+
+def _next_draws(t):
+    """What the loop state decides about the next steps: prompts, length and shuffle draws, the coefficient, the
+    reward moments, the objective's baseline, the history."""
+    return ([p.text for p in t.sampler.next(11)], torch.rand(4, generator=t.len_gen),
+            torch.rand(4, generator=t.shuffle_gen), t.kl_ctl.value, t.reward_moments.state_dict(),
+            t.objective.state_dict(), dict(t.history.metrics))
+
+
+def test_loop_state_round_trips_through_a_safe_load_and_continues_identically(tmp_path):
+    """The online loop's state (the prompt sampler: a list and a random state; the named generators: tensors; the
+    KL controller; the reward's running moments; the objective's moving-average baseline; the metric history) is
+    written with torch.save and read with torch.load(weights_only=True); a fresh trainer that loads it draws what the
+    trainer that wrote it draws next."""
+    cfg = compose(TINY + ["objective=reinforce", "objective.baseline=moving_average", "reward.normalize=true",
+                          "kl=adaptive", "train.steps=2"])
+    a = _trainer(cfg, tmp_path / "a")
+    for step in (1, 2):
+        a.history.record(a.train_step(step), step)
+    assert a.objective.state_dict()["estimator"]["value"] is not None and a.reward_moments.count > 0
+    torch.save(ck.loop_state(a, 2, 1.5), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["step"] == 2 and set(state["trainer"]) == {"sampler", "random", "kl_controller", "objective",
+                                                             "history", "reward_moments"}
+    b = _trainer(cfg, tmp_path / "b")
+    ck.load_loop_state(b, state)
+    got, expect = _next_draws(b), _next_draws(a)
+    assert got[0] == expect[0] and torch.equal(got[1], expect[1]) and torch.equal(got[2], expect[2])
+    assert got[3:] == expect[3:]
+
+
+def test_state_with_tensors_lists_and_generators_round_trips_and_wrong_keys_are_named(tmp_path, monkeypatch):
+    """An objective whose state is not plain numbers (a tensor baseline, a list of past batch means, its own
+    generator) declares it in state_dict() and gets it back through the checkpoint's safe load; a state with a
+    missing or an extra key is refused with the key named, never loaded in part."""
+    from rlhf_exp.core.state import StateKeyError, check_keys
+
+    class Baseline:
         def __init__(self):
-            self.moving = MovingAverageBaseline(0.9)
-            self.count = 0
+            self.value, self.past, self.gen = torch.zeros(3), [], torch.Generator().manual_seed(0)
 
         def state_dict(self):
-            return {"count": self.count}
+            return {"value": self.value.clone(), "past": list(self.past), "gen": self.gen.get_state()}
 
         def load_state_dict(self, state):
-            self.count = state["count"]
+            check_keys(state, ("value", "past", "gen"), "the test baseline")
+            self.value, self.past = state["value"].clone(), [float(x) for x in state["past"]]
+            self.gen.set_state(state["gen"])
 
-    class Loop:
-        def __init__(self):
-            self.sampler = PromptSampler(list(range(10)), seed=1)
-            self.gen = torch.Generator().manual_seed(3)
-            self.kl_ctl = AdaptiveKLController(0.1, 6.0, 100)
-            self.reward_moments = RunningMoments()
-            self.objective = Obj()
-            self.history = {"eval/kl": [(0, 0.0)]}
-            self.rng = random.Random(5)
-
-    a = Loop()
-    a.sampler.next(3), torch.rand(2, generator=a.gen), a.kl_ctl.update(3.0, 8)
-    a.reward_moments.update(torch.tensor([1.0, 2.0])), a.objective.moving(2.0)
-    a.objective.count = 7
-    state = ck.loop_state(a, step=3, wall_s=1.0)
-    expect = (a.sampler.next(12), torch.rand(3, generator=a.gen), a.kl_ctl.value, a.reward_moments.mean,
-              a.objective.moving(4.0), a.rng.random())
-    b = Loop()
+    cfg = compose(TINY + ["train.steps=1"])
+    trainers = []
+    for name in ("a", "b"):
+        t = _trainer(cfg, tmp_path / name)
+        t.objective.baseline = Baseline()
+        monkeypatch.setattr(t.objective, "state_dict", t.objective.baseline.state_dict)
+        monkeypatch.setattr(t.objective, "load_state_dict", t.objective.baseline.load_state_dict)
+        trainers.append(t)
+    a, b = trainers
+    a.objective.baseline.value += torch.tensor([1.0, 2.0, 3.0])
+    a.objective.baseline.past += [0.5, 0.25]
+    torch.rand(5, generator=a.objective.baseline.gen)
+    torch.save(ck.loop_state(a, 1, 0.0), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
     ck.load_loop_state(b, state)
-    got = (b.sampler.next(12), torch.rand(3, generator=b.gen), b.kl_ctl.value, b.reward_moments.mean,
-           b.objective.moving(4.0), b.rng.random())
-    assert got[0] == expect[0] and torch.equal(got[1], expect[1]) and got[2:] == expect[2:]
-    assert b.history == {"eval/kl": [(0, 0.0)]} and b.objective.count == 7
+    assert torch.equal(b.objective.baseline.value, torch.tensor([1.0, 2.0, 3.0]))
+    assert b.objective.baseline.past == [0.5, 0.25]
+    assert torch.equal(torch.rand(3, generator=b.objective.baseline.gen), torch.rand(3, generator=a.objective.baseline.gen))
+
+    missing = {**state, "trainer": {k: v for k, v in state["trainer"].items() if k != "history"}}
+    with pytest.raises(StateKeyError, match="has no 'history'"):
+        ck.load_loop_state(b, missing)
+    extra = {**state, "trainer": {**state["trainer"], "reward_moments": {"count": 1.0, "mean": 0.0, "var": 1.0}}}
+    with pytest.raises(StateKeyError, match="holds 'reward_moments', which this run does not have"):
+        ck.load_loop_state(b, extra)
+    inner = {**state, "trainer": {**state["trainer"], "random": {"lengths": state["trainer"]["random"]["lengths"]}}}
+    with pytest.raises(StateKeyError, match="random generators has no 'shuffle'"):
+        ck.load_loop_state(b, inner)
 
 
 def test_compare_names_and_skips_a_run_with_an_unreadable_summary(tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 from rlhf_exp.__main__ import run
 from rlhf_exp.modeling import ModelNotAvailableError, eos_token_ids, load_causal_lm, load_tokenizer
 from rlhf_exp.task import TOKENIZER_DIR
-from tests.conftest import compose
+from tests.conftest import compose, objective_from_yaml
 from tests.hub_models import gpt2_hub_dir, gpt2_two_eos_dir  # noqa: F401  (fixtures)
 
 SMALL = ["logger=none", "train.steps=1", "train.batch_size=4", "train.mini_batch_size=4", "eval.every=0",
@@ -72,7 +72,6 @@ def test_reward_training_and_scoring_see_the_same_tokens(gpt2_hub_dir, tmp_path)
     """Both truncate on the left: a text longer than max_length keeps its end (the end of the response)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_exp.objectives.reward_modelling import RewardModelling
     from rlhf_exp.rewards.learned import LearnedReward
 
     tok = load_tokenizer(str(gpt2_hub_dir), "model.path")
@@ -81,7 +80,7 @@ def test_reward_training_and_scoring_see_the_same_tokens(gpt2_hub_dir, tmp_path)
     tok.save_pretrained(rm_dir)
     prompt, chosen = "the film was great and the acting was superb. ", "the plot was dull but the ending was good"
     max_len = 8
-    item = RewardModelling({"max_length": max_len}).encode(
+    item = objective_from_yaml("reward", max_length=max_len).encode(
         [{"prompt": prompt, "chosen": chosen, "rejected": "awful"}], tok)[0]
     full = tok(prompt + chosen)["input_ids"]
     assert len(full) > max_len and item["chosen_ids"] == full[-max_len:]

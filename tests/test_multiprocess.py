@@ -126,8 +126,8 @@ def _online_update(objective: str, micro, out_dir: Path) -> torch.Tensor:
     batch["scores"] = batch["raw_scores"]
     batch["group_ids"] = torch.arange(B) // G
     tr.objective.compute_advantages(batch, 0.05, None)       # global statistics over the whole batch
-    n = B // tr.world
-    local = {k: v[tr.rank * n:(tr.rank + 1) * n] for k, v in batch.items()}
+    n = B // tr.proc.world
+    local = {k: v[tr.proc.rank * n:(tr.proc.rank + 1) * n] for k, v in batch.items()}
     before = _params(tr.unwrapped)
     tr.update(local, 0.05)
     after = _params(tr.unwrapped)

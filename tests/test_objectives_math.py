@@ -6,8 +6,9 @@ from rlhf_exp.core import (
     MovingAverageBaseline, aggregate_loss, clipped_sequence_loss, discounted_returns, group_normalized_advantages,
     leave_one_out_baseline, per_token_kl, reinforce_loss, sequence_logprob,
 )
-from rlhf_exp.objectives import ONLINE_OBJECTIVES, build_online_objective
 from rlhf_exp.modeling import ResponseOutput
+from rlhf_exp.objectives import ObjectiveConfigError
+from tests.conftest import objective_from_yaml, objective_names
 
 
 def test_grpo_advantages_known_group_and_zero_std_group():
@@ -77,8 +78,7 @@ def test_dr_grpo_constant_normaliser():
     # per-sequence length mean weighs the short response 3x more per token; the constant normaliser does not
     assert aggregate_loss(x, m, "seq-mean-token-mean").item() == pytest.approx(1.0)
     assert aggregate_loss(x, m, "seq-mean-token-sum-norm", normalizer=16).item() == pytest.approx(4 / (2 * 16))
-    obj = build_online_objective({"name": "grpo", "group_size": 2, "loss_aggregation": "seq-mean-token-sum-norm"},
-                                 {"estimator": None, "in_reward": None}, max_new_tokens=16)
+    obj = objective_from_yaml("grpo", group_size=2, loss_aggregation="seq-mean-token-sum-norm", max_new_tokens=16)
     assert obj.aggregate(x, m).item() == pytest.approx(4 / 32)
 
 
@@ -170,7 +170,7 @@ def _token_weights(aggregation, mask):
     return w * mask
 
 
-@pytest.mark.parametrize("name", sorted(ONLINE_OBJECTIVES))
+@pytest.mark.parametrize("name", objective_names("online"))
 def test_kl_placement_gradient_direction_and_value(name):
     """Where the KL goes, and what it does to the gradient of the per-token log-probs (lp = -1, ref = -1.5, so
     log pi - log pi_ref = 0.5 on every real token; row 1 is one token shorter than the others).
@@ -182,11 +182,11 @@ def test_kl_placement_gradient_direction_and_value(name):
       is penalised less than row 0; the change of the gradient makes a descent step raise row 1's log-prob relative
       to row 0's. (The exact value for reinforce: the next test.)
     """
-    cfg = {"name": name, "group_size": 1 if name == "remax" else 2, "baseline": "batch_mean"}
     grads = {}
     for in_reward in (True, False):
         for beta in (0.0, 1.0):
-            obj = build_online_objective(cfg, {"estimator": "k2", "in_reward": in_reward}, max_new_tokens=3)
+            obj = objective_from_yaml(name, kl={"estimator": "k2", "in_reward": in_reward}, max_new_tokens=3,
+                                      group_size=1 if name == "remax" else 2)
             batch = _batch()
             batch["scores"] = torch.tensor([1.0, 1.0, 2.0, 3.0])   # rows 0 and 1 tie on the task reward
             batch["baseline_scores"] = torch.tensor([0.5, 0.5, 1.0, 1.0])
@@ -212,9 +212,8 @@ def test_kl_in_the_reward_gradient_value_for_reinforce():
     token of row i by -dA_i / 4."""
     grads = []
     for beta in (0.0, 1.0):
-        obj = build_online_objective({"name": "reinforce", "baseline": "batch_mean",
-                                      "loss_aggregation": "seq-mean-token-sum"},
-                                     {"estimator": "k2", "in_reward": True})
+        obj = objective_from_yaml("reinforce", kl={"estimator": "k2", "in_reward": True}, baseline="batch_mean",
+                                  loss_aggregation="seq-mean-token-sum")
         batch = _batch()
         obj.compute_advantages(batch, beta)
         lp = torch.full((4, 3), -1.0, requires_grad=True)
@@ -226,26 +225,27 @@ def test_kl_in_the_reward_gradient_value_for_reinforce():
 
 
 def test_objective_defaults_follow_convention():
-    kl = {"estimator": None, "in_reward": None}
+    """Where each objective's yaml puts the KL (kl.in_reward / kl.estimator null: the objective's kl_in_reward and
+    kl_estimator), and what the kl block overrides."""
     expect = {"ppo": (True, "k1"), "ppo_seq": (True, "k1"), "reinforce": (True, "k1"), "kl_reinforce": (False, "k2"),
               "token_reinforce": (True, "k1"), "grpo": (False, "k3"), "rloo": (True, "k1"),
               "reinforce_pp": (True, "k1"), "remax": (True, "k1")}
     for name, (in_reward, est) in expect.items():
-        obj = build_online_objective({"name": name, "group_size": 1 if name == "remax" else 2}, kl)
+        obj = objective_from_yaml(name)
         assert (obj.kl_in_reward, obj.kl_estimator) == (in_reward, est), name
-    obj = build_online_objective({"name": "grpo", "group_size": 2}, {"estimator": "k1", "in_reward": True})
+    obj = objective_from_yaml("grpo", kl={"estimator": "k1", "in_reward": True})
     assert (obj.kl_in_reward, obj.kl_estimator) == (True, "k1")
-    with pytest.raises(ValueError, match="group_size >= 2"):
-        build_online_objective({"name": "grpo", "group_size": 1}, kl)
-    with pytest.raises(ValueError, match="Valid:"):
-        build_online_objective({"name": "nope"}, kl)
+    with pytest.raises(ObjectiveConfigError, match="group_size >= 2"):
+        objective_from_yaml("grpo", group_size=1)
+    with pytest.raises(ObjectiveConfigError, match="objective.estimator must be one of .*group_normalized"):
+        objective_from_yaml("grpo", estimator="nope")
 
 
 def test_reinforce_pp_group_baseline_applies_to_token_rewards_too():
     """The group baseline removes each group's mean total task reward, whether it comes as a sequence score or as
     per-token rewards (then on the last token)."""
-    obj = build_online_objective({"name": "reinforce_pp", "group_size": 2, "group_baseline": True},
-                                 {"estimator": "k1", "in_reward": True})
+    obj = objective_from_yaml("reinforce_pp", kl={"estimator": "k1", "in_reward": True}, group_size=2,
+                              group_baseline=True)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     seq = {"response_mask": mask, "scores": torch.tensor([1.0, 3.0]), "kl": torch.zeros(2, 3)}
     tok = {"response_mask": mask, "scores": torch.tensor([1.0, 3.0]), "kl": torch.zeros(2, 3),
@@ -295,10 +295,9 @@ def test_dual_clip_caps_negative_advantages_only():
     assert stats["clipfrac_lower"].item() == pytest.approx(0.25)
     plain, _ = clipped_policy_loss(lp.detach(), torch.zeros(1, 4), adv, mask)
     assert plain.item() == pytest.approx((5.0 + 2.0 - 1.2 + 0.8) / 4, rel=1e-6)
-    with pytest.raises(ValueError, match="clip_ratio_c"):
-        build_online_objective({"name": "ppo", "clip_ratio_c": 1.0}, {"estimator": None, "in_reward": None})
-    obj = build_online_objective({"name": "grpo", "group_size": 2, "clip_ratio_c": 3.0, "loss_aggregation": "token-mean"},
-                                 {"estimator": None, "in_reward": None})
+    with pytest.raises(ObjectiveConfigError, match="objective.clip_ratio_c must be a number > 1 or null, got 1.0"):
+        objective_from_yaml("ppo", clip_ratio_c=1.0)
+    obj = objective_from_yaml("grpo", group_size=2, clip_ratio_c=3.0, loss_aggregation="token-mean")
     _, st = obj.loss(ResponseOutput(logprobs=lp.detach()), {"old_logprobs": torch.zeros(1, 4), "advantages": adv,
                                                              "response_mask": mask, "ref_logprobs": lp.detach()}, 0.0)
     assert st["loss/policy"].item() == pytest.approx(loss.item(), rel=1e-6)
@@ -311,8 +310,8 @@ def test_mask_truncated_completions_removes_them_from_every_loss_term():
     kl = {"estimator": "k3", "in_reward": False}
     grads = {}
     for flag in (False, True):
-        obj = build_online_objective({"name": "grpo", "group_size": 2, "mask_truncated_completions": flag,
-                                      "entropy_coef": 0.1, "loss_aggregation": "seq-mean-token-mean"}, kl)
+        obj = objective_from_yaml("grpo", kl=kl, group_size=2, mask_truncated_completions=flag, entropy_coef=0.1,
+                                  loss_aggregation="seq-mean-token-mean")
         batch = _batch()
         batch["ends_with_eos"] = torch.tensor([1.0, 0.0, 1.0, 1.0])
         obj.compute_advantages(batch, 0.1)
@@ -325,8 +324,8 @@ def test_mask_truncated_completions_removes_them_from_every_loss_term():
     for i in (0, 2, 3):
         assert torch.allclose(grads[True][0][i], grads[False][0][i])
     # sequence-level losses too: the truncated row's advantage is zeroed, so it adds nothing, not even a constant
-    obj = build_online_objective({"name": "ppo_seq", "mask_truncated_completions": True, "whiten_advantages": False},
-                                 {"estimator": "k1", "in_reward": True})
+    obj = objective_from_yaml("ppo_seq", kl={"estimator": "k1", "in_reward": True}, mask_truncated_completions=True,
+                              whiten_advantages=False)
     mb = {"response_mask": torch.ones(2, 2), "old_logprobs": torch.zeros(2, 2), "ref_logprobs": torch.zeros(2, 2),
           "advantages": torch.tensor([2.0, 3.0]), "ends_with_eos": torch.tensor([1.0, 0.0])}
     loss, _ = obj.loss(ResponseOutput(logprobs=torch.zeros(2, 2)), mb, 0.0)
@@ -339,9 +338,9 @@ def test_mask_truncated_completions_removes_them_from_every_loss_term():
 def test_remax_advantage_is_reward_to_go_minus_the_greedy_reward():
     """verl's compute_remax_outcome_advantage: A_t = sum_{k>=t} r_k - b, with r the KL-shaped token rewards
     (score on the last token, -beta * kl_t everywhere) and b the greedy response's task reward."""
-    from rlhf_exp.objectives.remax import remax_advantages
+    from rlhf_exp.core.advantages import remax_advantages
 
-    obj = build_online_objective({"name": "remax"}, {"estimator": None, "in_reward": None})
+    obj = objective_from_yaml("remax")
     batch = _batch()                                      # kl 0.5 per real token; row 1 has 2 tokens
     batch["baseline_scores"] = torch.tensor([0.5, 0.5, 1.0, 4.0])
     obj.compute_advantages(batch, kl_coef=1.0)
@@ -351,14 +350,14 @@ def test_remax_advantage_is_reward_to_go_minus_the_greedy_reward():
     assert batch["advantages"][1].tolist() == pytest.approx([-1.5, -1.0, 0.0])
     assert batch["advantages"][3].tolist() == pytest.approx([3 - 1.5 - 4, 3 - 1.0 - 4, 3 - 0.5 - 4])
     assert remax_advantages(torch.zeros(1, 2), torch.tensor([1.0]), torch.tensor([[1, 0]])).tolist() == [[-1.0, 0.0]]
-    with pytest.raises(ValueError, match="group_size must be 1"):
-        build_online_objective({"name": "remax", "group_size": 2}, {"estimator": None, "in_reward": None})
+    with pytest.raises(ObjectiveConfigError, match="group_size must be 1"):
+        objective_from_yaml("remax", group_size=2)
     with pytest.raises(KeyError, match="baseline_scores"):
         obj.compute_advantages(_batch(), 0.0)
 
 
 def test_dynamic_sampling_helpers():
-    from rlhf_exp.train.dynamic_sampling import concat_rollouts, group_rows, select_rows, varied_groups
+    from rlhf_exp.objectives.dynamic_sampling import concat_rollouts, group_rows, select_rows, varied_groups
 
     assert varied_groups(torch.tensor([1.0, 1.0, 0.0, 1.0, 2.0, 2.0]), 2).tolist() == [False, True, False]
     assert group_rows(torch.tensor([1, 2]), 2).tolist() == [2, 3, 4, 5]
@@ -373,9 +372,9 @@ def test_dynamic_sampling_helpers():
     assert c["response_ids"].tolist() == [[5, 0], [3, 4]] and c["response_mask"].tolist() == [[1, 0], [1, 1]]
     assert c["old_logprobs"].tolist() == [[-1.0, 0.0], [-2.0, -3.0]] and c["raw_scores"].tolist() == [0.5, 1.5]
     assert select_rows(c, torch.tensor([1]))["response_ids"].tolist() == [[3, 4]]
-    with pytest.raises(ValueError, match="dynamic_sampling"):
-        build_online_objective({"name": "ppo", "dynamic_sampling": {"enable": True}},
-                               {"estimator": None, "in_reward": None})
+    with pytest.raises(ObjectiveConfigError, match="dynamic_sampling.enable=true needs objective.group_size >= 2"):
+        objective_from_yaml("ppo_seq", rollout_hooks=["dynamic_sampling"],
+                            **{"+dynamic_sampling": "{enable: true, max_tries: 4}"})
 
 
 def test_reinforce_importance_weighting_scales_each_sequence_by_its_ratio():
@@ -387,8 +386,7 @@ def test_reinforce_importance_weighting_scales_each_sequence_by_its_ratio():
     mb = {"response_mask": mask, "old_logprobs": old, "advantages": torch.tensor([1.0, -2.0])}
     grads = {}
     for flag in (False, True):
-        obj = build_online_objective({"name": "reinforce", "importance_weighting": flag,
-                                      "loss_aggregation": "seq-mean-token-sum"}, {"estimator": None, "in_reward": None})
+        obj = objective_from_yaml("reinforce", importance_weighting=flag, loss_aggregation="seq-mean-token-sum")
         lp = lp0.clone().requires_grad_(True)
         loss, _ = obj.loss(ResponseOutput(logprobs=lp), mb, 0.0)
         grads[flag] = torch.autograd.grad(loss, lp)[0]
@@ -407,8 +405,7 @@ def test_token_reinforce_importance_weighting_scales_each_responses_tokens_by_it
     mb = {"response_mask": mask, "old_logprobs": old, "advantages": torch.tensor([[1.0, 0.5], [-2.0, 0.0]])}
     out = {}
     for flag in (False, True):
-        obj = build_online_objective({"name": "token_reinforce", "importance_weighting": flag,
-                                      "loss_aggregation": "token-mean"}, {"estimator": None, "in_reward": None})
+        obj = objective_from_yaml("token_reinforce", importance_weighting=flag, loss_aggregation="token-mean")
         lp = lp0.clone().requires_grad_(True)
         loss, stats = obj.loss(ResponseOutput(logprobs=lp), mb, 0.0)
         out[flag] = (loss.item(), torch.autograd.grad(loss, lp)[0], stats)

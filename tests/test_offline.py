@@ -6,12 +6,12 @@ import pytest
 
 from rlhf_exp.__main__ import run
 from rlhf_exp.train.evaluation import summary_line
-from tests.conftest import compose
+from tests.conftest import compose, objective_from_yaml
 
 SMALL = ["logger=none", "train.steps=2", "train.batch_size=4", "dataset.offline_train_size=16",
          "dataset.offline_eval_size=8", "dataset.eval_size=8", "dataset.train_size=16", "eval.every=0",
          "generation.max_new_tokens=6", "train.save_model=false"]
-# What every online run's summary.json holds (rlhf_exp.train.evaluation.PolicyEvaluation.finish).
+# What every online run's summary.json holds (rlhf_exp.train.history.RunHistory.summary).
 ONLINE_SUMMARY_KEYS = {"status", "objective", "kl_controller", "steps", "wall_s", "eval/reward_mean_start",
                        "eval/reward_mean_end", "eval/kl_start", "eval/kl_end", "perf/samples_per_s_end",
                        "eval/reward/positive_frac_start", "eval/reward/positive_frac_end"}
@@ -70,7 +70,6 @@ def test_dpo_precomputed_reference_logprobs_give_the_same_loss():
     import torch
 
     from rlhf_exp.modeling import PolicyModel, load_causal_lm, load_tokenizer
-    from rlhf_exp.objectives import build_offline_objective
     from rlhf_exp.objectives.offline_base import Context
     from rlhf_exp.task import POLICY_DIR, reviews
 
@@ -82,8 +81,8 @@ def test_dpo_precomputed_reference_logprobs_give_the_same_loss():
     ctx = Context(device=torch.device("cpu"), pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
     pairs = reviews.split_data("preference_train", 6, 0)
     for loss_type in ("sigmoid", "ipo"):
-        live = build_offline_objective({"name": "dpo", "loss_type": loss_type})
-        pre = build_offline_objective({"name": "dpo", "loss_type": loss_type, "precompute_ref_logprobs": True})
+        live = objective_from_yaml("dpo", loss_type=loss_type)
+        pre = objective_from_yaml("dpo", loss_type=loss_type, precompute_ref_logprobs=True)
         items_live, items_pre = live.encode(pairs, tok), pre.encode(pairs, tok)
         pre.prepare(items_pre, ref, ctx, batch_size=4)
         assert "ref_chosen" in items_pre[0] and "ref_chosen" not in items_live[0]

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from rlhf_exp.__main__ import run
-from rlhf_exp.objectives import ONLINE_OBJECTIVES
 from rlhf_exp.rewards import RewardError
 from rlhf_exp.train.common import NonFiniteLossError
-from tests.conftest import compose
+from tests.conftest import compose, objective_names
+
+ONLINE_OBJECTIVES = objective_names("online")   # every yaml in conf/objective/ with kind: online
 
 SMALL = ["logger=none", "train.batch_size=8", "train.mini_batch_size=4", "eval.every=0", "dataset.eval_size=8",
          "dataset.train_size=64", "generation.max_new_tokens=6", "train.save_model=false"]
@@ -161,9 +162,9 @@ def test_full_kl_estimator_in_reward_and_in_loss(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_what_was_written(tmp_path, monkeypatch):
-    from rlhf_exp.objectives.ppo import PPO
+    from rlhf_exp.objectives.base import OnlineObjective
 
-    original = PPO.policy_loss
+    original = OnlineObjective.policy_loss
     calls = {"n": 0}
 
     def sometimes_nan(self, out, mb):
@@ -171,7 +172,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_what_was_written(tmp_path
         loss, stats = original(self, out, mb)
         return (loss * float("nan") if calls["n"] > 4 else loss), stats   # step 1 has 4 updates (2 epochs x 2)
 
-    monkeypatch.setattr(PPO, "policy_loss", sometimes_nan)
+    monkeypatch.setattr(OnlineObjective, "policy_loss", sometimes_nan)
     cfg = compose(SMALL + ["train.steps=3", "train.epochs=2", "train.save_model=true"])
     with pytest.raises(NonFiniteLossError, match="step 2.*train.lr"):
         run(cfg, tmp_path)

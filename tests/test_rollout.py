@@ -10,7 +10,7 @@ import torch
 from rlhf_exp.config import ConfigError, validate
 from rlhf_exp.rollout.correction import logprob_gap, truncated_importance_weights
 from rlhf_exp.rollout.vllm_engine import check_full_load, hf_weights_for_vllm
-from tests.conftest import compose
+from tests.conftest import compose, objective_from_yaml
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -48,9 +48,9 @@ def test_default_backend_is_hf_and_the_loop_holds_engine_scorer_collector(tmp_pa
                    "dataset.train_size=16", "generation.max_new_tokens=4"])
     assert cfg.generation.backend == "hf"
     tr = OnlineTrainer(cfg, tmp_path, Tracker(tmp_path, cfg.logger, {}, "t", enabled=False))
-    assert isinstance(tr.engine, HFGenerator) and isinstance(tr.scorer, Scorer)
-    assert isinstance(tr.collector, RolloutCollector) and tr.collector.engine is tr.engine
-    assert tr.scorer.policy is tr.policy and tr.scorer.ref is tr.ref
+    assert isinstance(tr.rollouts.engine, HFGenerator) and isinstance(tr.rollouts.scorer, Scorer)
+    assert isinstance(tr.rollouts.collector, RolloutCollector) and tr.rollouts.collector.engine is tr.rollouts.engine
+    assert tr.rollouts.scorer.policy is tr.policy and tr.rollouts.scorer.ref is tr.ref
     batch, info = tr.rollout(tr.eval_prompts[:4], torch.full((4,), 4), tr.sampling)
     assert "sampler_logprobs" not in batch            # the HF sampler is the scored policy
     assert tr._sampler_correction(batch) == {}
@@ -84,9 +84,8 @@ def test_importance_correction_scales_each_tokens_policy_term():
     """TIS: the clipped surrogate of every token times its weight (verl's ``pg_losses * tis``), for token and
     sequence advantages; an objective with a sequence ratio refuses the per-token weights."""
     from rlhf_exp.modeling import ResponseOutput
-    from rlhf_exp.objectives import build_online_objective
 
-    obj = build_online_objective(compose(["objective=grpo"]).objective, {"controller": "fixed", "kl_coef": 0.0}, 5)
+    obj = objective_from_yaml("grpo", max_new_tokens=5)
     mb = _grpo_minibatch()
     logprobs = (mb["old_logprobs"] + 0.3 * torch.randn_like(mb["old_logprobs"])).requires_grad_()
     out = ResponseOutput(logprobs=logprobs, entropy=None, values=None, logits=None)
@@ -95,17 +94,19 @@ def test_importance_correction_scales_each_tokens_policy_term():
     # the same per-token surrogates, weighted, aggregated as the objective does
     ratio = torch.exp(logprobs - mb["old_logprobs"])
     A = mb["advantages"]
-    per_tok = torch.maximum(-A * ratio, -A * ratio.clamp(1 - obj.clip_low, 1 + obj.clip_high)) * w
+    low = obj.loss_params.cliprange
+    high = low if obj.loss_params.cliprange_high is None else obj.loss_params.cliprange_high
+    per_tok = torch.maximum(-A * ratio, -A * ratio.clamp(1 - low, 1 + high)) * w
     assert torch.allclose(loss_w, obj.aggregate(per_tok, mb["response_mask"]), atol=1e-6)
     loss_1, _ = obj.loss(out, {**mb, "tis_weight": torch.ones_like(w)}, 0.0)
     loss_0, _ = obj.loss(out, mb, 0.0)
     assert torch.allclose(loss_1, loss_0)
 
-    reinforce = build_online_objective(compose(["objective=reinforce"]).objective, {"controller": "fixed"}, 5)
+    reinforce = objective_from_yaml("reinforce", max_new_tokens=5)
     seq = {**mb, "advantages": torch.randn(4), "tis_weight": w}
     expect = reinforce.importance_corrected(seq)["advantages"]
     assert expect.shape == (4, 5) and torch.allclose(expect, seq["advantages"].unsqueeze(1) * w)
-    ppo_seq = build_online_objective(compose(["objective=ppo_seq"]).objective, {"controller": "fixed"}, 5)
+    ppo_seq = objective_from_yaml("ppo_seq", max_new_tokens=5)
     with pytest.raises(ValueError, match="objective=ppo_seq here uses a sequence-level ratio"):
         ppo_seq.loss(out, {**mb, "advantages": torch.randn(4), "tis_weight": w}, 0.0)
 

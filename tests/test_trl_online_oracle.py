@@ -22,8 +22,8 @@ if int(trl.__version__.split(".")[0]) < 1:  # pragma: no cover
 from datasets import Dataset  # noqa: E402
 
 from rlhf_exp.modeling import PolicyModel, load_causal_lm, load_tokenizer, score_responses  # noqa: E402
-from rlhf_exp.objectives import build_online_objective  # noqa: E402
 from rlhf_exp.task import POLICY_DIR  # noqa: E402
+from tests.conftest import objective_from_yaml  # noqa: E402
 
 G, N_PROMPTS, T_MAX = 4, 2, 6
 PROMPTS = ["the film was", "this movie is"]
@@ -71,12 +71,13 @@ def _grads(model):
     return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
 
 
-def _ours(tok, ref, old, new, batch, objective_cfg, kl_coef):
-    """Our objective on TRL's token ids: (advantages, loss, flat gradient)."""
+def _ours(tok, ref, old, new, batch, objective, kl_coef, **settings):
+    """Our objective (``objective=<objective>`` with ``settings``) on TRL's token ids: (advantages, loss, flat
+    gradient)."""
     pids, pmask = batch["prompt_ids"], batch["prompt_mask"]
     rids, rmask = batch["completion_ids"], batch["completion_mask"]
     texts = tok.batch_decode(rids * rmask + tok.pad_token_id * (1 - rmask), skip_special_tokens=True)
-    obj = build_online_objective(objective_cfg, {"estimator": None, "in_reward": None}, max_new_tokens=T_MAX)
+    obj = objective_from_yaml(objective, max_new_tokens=T_MAX, **settings)
     with torch.no_grad():
         old_lp = score_responses(PolicyModel(old), pids, pmask, rids, rmask).logprobs
         ref_lp = score_responses(PolicyModel(ref), pids, pmask, rids, rmask).logprobs
@@ -131,9 +132,8 @@ def test_grpo_matches_trl_grpo_trainer(models, tmp_path, loss_type, aggregation,
     theirs = trainer._compute_loss(trainer.model, batch)
     theirs.backward()
 
-    adv, loss, grads = _ours(tok, ref, old, new, batch, {"name": "grpo", "group_size": G, "scale_rewards": "group",
-                                                          "clip_low": 0.2, "loss_aggregation": aggregation,
-                                                          "kl_bias_correction": bias_correction}, beta)
+    adv, loss, grads = _ours(tok, ref, old, new, batch, "grpo", beta, group_size=G, scale_rewards="group",
+                             clip_low=0.2, loss_aggregation=aggregation, kl_bias_correction=bias_correction)
     assert torch.allclose(adv[:, 0] * (batch["completion_mask"][:, 0] > 0), batch["advantages"], atol=1e-5)
     assert loss == pytest.approx(float(theirs), rel=1e-5, abs=1e-7)
     _assert_grads_close(grads, _grads(trainer.model))
@@ -158,10 +158,34 @@ def test_rloo_matches_trl_rloo_trainer(models, tmp_path):
     trainer.model.zero_grad()
     theirs = trainer._compute_loss(trainer.model, batch)
     theirs.backward()
-    adv, loss, grads = _ours(tok, ref, old, old, batch, {"name": "rloo", "group_size": G,
-                                                          "loss_aggregation": "seq-mean-token-sum"}, beta)
+    adv, loss, grads = _ours(tok, ref, old, old, batch, "rloo", beta, group_size=G,
+                             loss_aggregation="seq-mean-token-sum")
     assert torch.allclose(adv[:, 0] * (batch["completion_mask"][:, 0] > 0), batch["advantages"], atol=1e-5)
     lengths = batch["completion_mask"].sum(1).float()
     assert float(theirs) == pytest.approx(float(-batch["advantages"].mean()), abs=1e-6)
     assert loss == pytest.approx(float(-(batch["advantages"] * lengths).mean()), rel=1e-5, abs=1e-6)
+    _assert_grads_close(grads, _grads(trainer.model))
+
+
+def test_rloo_seq_matches_trl_rloo_trainer_off_policy(models, tmp_path):
+    """objective=rloo_seq, the yaml-only composition leave_one_out + clipped_sequence, is TRL's RLOOTrainer: the
+    leave-one-out advantages, the loss value (the clipped surrogate on the sequence ratio, mean over sequences) and
+    the gradient agree with the current policy moved away from the one that sampled (ratios != 1)."""
+    from trl import RLOOConfig, RLOOTrainer
+
+    tok, ref, old, new = models
+    beta = 0.1
+    trainer = RLOOTrainer(model=copy.deepcopy(old), reward_funcs=[count_e], processing_class=tok,
+                          train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS]),
+                          args=_args(RLOOConfig, tmp_path, beta=beta, epsilon=0.2))
+    trainer.ref_model.load_state_dict(ref.state_dict())
+    batch = _trl_batch(trainer, old)               # old_logps: the sampling policy's
+    trainer.model.load_state_dict(new.state_dict())
+    trainer.model.eval()
+    trainer.model.zero_grad()
+    theirs = trainer._compute_loss(trainer.model, batch)
+    theirs.backward()
+    adv, loss, grads = _ours(tok, ref, old, new, batch, "rloo_seq", beta, group_size=G)
+    assert adv.dim() == 1 and torch.allclose(adv, batch["advantages"], atol=1e-5)
+    assert loss == pytest.approx(float(theirs), rel=1e-5, abs=1e-7)
     _assert_grads_close(grads, _grads(trainer.model))

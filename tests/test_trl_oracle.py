@@ -17,9 +17,9 @@ if int(trl.__version__.split(".")[0]) < 1:  # pragma: no cover
 from datasets import Dataset  # noqa: E402
 
 from rlhf_exp.modeling import PolicyModel, load_causal_lm, load_tokenizer  # noqa: E402
-from rlhf_exp.objectives import build_offline_objective  # noqa: E402
 from rlhf_exp.objectives.offline_base import Context  # noqa: E402
 from rlhf_exp.task import POLICY_DIR, reviews  # noqa: E402
+from tests.conftest import compose, objective_from_yaml  # noqa: E402
 
 N = 8
 
@@ -49,8 +49,8 @@ def _trl_loss(trainer) -> float:
         return float(trainer.compute_loss(trainer.model, batch))
 
 
-def _our_loss(objective_cfg, records, tok, policy, ref) -> float:
-    obj = build_offline_objective(objective_cfg)
+def _our_loss(objective, records, tok, policy, ref, **settings) -> float:
+    obj = objective_from_yaml(objective, **settings)
     items = obj.encode(records, tok)
     ctx = Context(device=torch.device("cpu"), pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
     with torch.no_grad():
@@ -66,8 +66,7 @@ def test_dpo_matches_trl(models, tmp_path, loss_type, smoothing):
     pairs = reviews.split_data("preference_train", N, 0)
     trainer = DPOTrainer(model=policy, ref_model=ref, processing_class=tok, train_dataset=Dataset.from_list(pairs),
                          args=_args(DPOConfig, tmp_path, beta=0.3, loss_type=[loss_type], label_smoothing=smoothing))
-    ours = _our_loss({"name": "dpo", "beta": 0.3, "loss_type": loss_type, "label_smoothing": smoothing}, pairs, tok,
-                     policy, ref)
+    ours = _our_loss("dpo", pairs, tok, policy, ref, beta=0.3, loss_type=loss_type, label_smoothing=smoothing)
     assert ours == pytest.approx(_trl_loss(trainer), rel=1e-4, abs=1e-5)
 
 
@@ -79,7 +78,7 @@ def test_kto_matches_trl(models, tmp_path):
     assert 0 < sum(e["label"] for e in examples) < N
     trainer = KTOTrainer(model=policy, ref_model=ref, processing_class=tok, train_dataset=Dataset.from_list(examples),
                          args=_args(KTOConfig, tmp_path, beta=0.3, desirable_weight=1.5))
-    ours = _our_loss({"name": "kto", "beta": 0.3, "desirable_weight": 1.5}, examples, tok, policy, ref)
+    ours = _our_loss("kto", examples, tok, policy, ref, beta=0.3, desirable_weight=1.5)
     assert ours == pytest.approx(_trl_loss(trainer), rel=1e-4, abs=1e-5)
 
 
@@ -88,9 +87,9 @@ def test_reward_modelling_matches_trl(models, tmp_path):
 
     tok, _, _ = models
     pairs = [{**p, "margin": 0.25 * i} for i, p in enumerate(reviews.split_data("preference_train", N, 0))]
-    obj = build_offline_objective({"name": "reward", "center_rewards_coefficient": 0.01, "use_margin": True})
+    obj = objective_from_yaml("reward", center_rewards_coefficient=0.01, use_margin=True)
     torch.manual_seed(0)
-    model = obj.build_model({"path": str(POLICY_DIR)})                  # random score head, seeded
+    model = obj.build_model(compose([f"model.path={POLICY_DIR}"]).model)   # random score head, seeded
     rm_tok = load_tokenizer(str(POLICY_DIR), padding_side="right")
     trainer = RewardTrainer(model=copy.deepcopy(model), processing_class=rm_tok, train_dataset=Dataset.from_list(pairs),
                             args=_args(RewardConfig, tmp_path, center_rewards_coefficient=0.01))

@@ -55,28 +55,28 @@ def test_engine_samples_from_the_trained_weights_after_each_sync(tmp_path):
     """The engine's log-probs of a fixed batch match the trainer's before an update, are stale after the update
     until the sync, and match again after it; the sampler's own log-probs of its samples match the trainer's."""
     tr = _trainer(tmp_path)
-    tr._sync_engine(0)
+    tr.rollouts.sync(0)
     lengths = torch.full((8,), 6)
     batch, _ = tr.rollout(tr.eval_prompts[:8], lengths, tr.sampling)
     mask = batch["response_mask"].float()
     assert torch.allclose(batch["sampler_logprobs"], batch["old_logprobs"] * mask, atol=TOL)
-    assert torch.allclose(_engine_logprobs(tr.engine, batch), batch["old_logprobs"] * mask, atol=TOL)
+    assert torch.allclose(_engine_logprobs(tr.rollouts.engine, batch), batch["old_logprobs"] * mask, atol=TOL)
 
     tr.train_step(1)            # rollout, update, sync
-    syncs = tr.engine.syncs
-    now = tr.scorer.score(batch, 1.0, entropy=False, with_ref=False)["old_logprobs"] * mask
+    syncs = tr.rollouts.engine.syncs
+    now = tr.rollouts.scorer.score(batch, 1.0, entropy=False, with_ref=False)["old_logprobs"] * mask
     assert (now - batch["old_logprobs"] * mask).abs().max() > 1e-2, "the update changed nothing"
-    assert torch.allclose(_engine_logprobs(tr.engine, batch), now, atol=TOL)
-    assert tr._engine_step == 1 and syncs >= 2
+    assert torch.allclose(_engine_logprobs(tr.rollouts.engine, batch), now, atol=TOL)
+    assert tr.rollouts.engine_step == 1 and syncs >= 2
 
     with torch.no_grad():       # weights changed behind the engine's back: stale until the next sync
         for p in tr.policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    moved = tr.scorer.score(batch, 1.0, entropy=False, with_ref=False)["old_logprobs"] * mask
-    stale = _engine_logprobs(tr.engine, batch)
+    moved = tr.rollouts.scorer.score(batch, 1.0, entropy=False, with_ref=False)["old_logprobs"] * mask
+    stale = _engine_logprobs(tr.rollouts.engine, batch)
     assert torch.allclose(stale, now, atol=TOL) and (stale - moved).abs().max() > 1e-2
-    tr.engine.sync_weights(tr.policy)
-    assert torch.allclose(_engine_logprobs(tr.engine, batch), moved, atol=TOL)
+    tr.rollouts.engine.sync_weights(tr.policy)
+    assert torch.allclose(_engine_logprobs(tr.rollouts.engine, batch), moved, atol=TOL)
 
 
 def test_lora_policy_syncs_its_merged_weights(tmp_path):
@@ -85,10 +85,10 @@ def test_lora_policy_syncs_its_merged_weights(tmp_path):
         for n, p in tr.policy.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.2)      # a trained adapter
-    tr.engine.sync_weights(tr.policy)
+    tr.rollouts.engine.sync_weights(tr.policy)
     batch, _ = tr.rollout(tr.eval_prompts[:8], torch.full((8,), 6), tr.sampling)
     mask = batch["response_mask"].float()
-    ref = tr.scorer.score(batch, 1.0, entropy=False)["ref_logprobs"] * mask       # the adapters off
+    ref = tr.rollouts.scorer.score(batch, 1.0, entropy=False)["ref_logprobs"] * mask       # the adapters off
     assert (batch["old_logprobs"] * mask - ref).abs().max() > 1e-2
     assert torch.allclose(batch["sampler_logprobs"], batch["old_logprobs"] * mask, atol=TOL)
 
@@ -100,13 +100,13 @@ def test_greedy_and_per_sample_lengths_and_stop_ids(tmp_path):
     from rlhf_exp.rollout.engine import HFGenerator
 
     tr = _trainer(tmp_path)
-    tr._sync_engine(0)
+    tr.rollouts.sync(0)
     lengths = torch.tensor([1, 2, 3, 4, 5, 6, 6, 6])
     greedy = dataclasses.replace(tr.sampling, do_sample=False)
     batch, _ = tr.rollout(tr.eval_prompts[:8], lengths, greedy)
     n = batch["response_mask"].sum(1)
     assert (n <= lengths).all()
-    hf = HFGenerator(tr.acc, tr.policy, tr.stop_ids, tr.pad_id).generate(batch["prompt_ids"], batch["prompt_mask"],
+    hf = HFGenerator(tr.proc.acc, tr.policy, tr.stop_ids, tr.pad_id).generate(batch["prompt_ids"], batch["prompt_mask"],
                                                                           greedy, lengths)
     T = batch["response_ids"].shape[1]
     assert hf.response_mask.sum(1).tolist() == n.tolist()

@@ -100,22 +100,15 @@ def _flat(tree: dict, prefix: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------- the objective's own keys
 def _check_objective(cfg) -> None:
-    """The objective's own parameters, checked by ``rlhf_exp.objectives.validate_objective`` where it exists.
+    """The objective's own parameters: every setting its estimator, loss and rollout hooks declare, checked by
+    ``rlhf_exp.objectives.validate_objective`` (docs/objectives.md); this module checks only the keys every objective
+    has (``ObjectiveBase`` and its online/offline subclasses in schema.py)."""
+    from rlhf_exp.objectives import ObjectiveConfigError, validate_objective
 
-    MERGE HOOK (arch branch): the objectives package declares each objective's parameters (estimator and loss
-    registries); this module checks only the keys every objective has (``ObjectiveBase`` and its online/offline
-    subclasses in schema.py)."""
-    from rlhf_exp import objectives
-
-    hook = getattr(objectives, "validate_objective", None)
-    if hook is None:
-        return
     try:
-        hook(cfg.objective if OmegaConf.is_config(cfg) else OmegaConf.create(cfg["objective"]))
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+        validate_objective(cfg.objective if OmegaConf.is_config(cfg) else OmegaConf.create(cfg["objective"]))
+    except ObjectiveConfigError as e:
+        raise ConfigError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------- settings together

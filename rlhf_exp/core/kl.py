@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_exp.core.losses import logit_blocks
+from rlhf_exp.core.state import check_keys
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs", "full")
 
@@ -121,9 +122,11 @@ class KLController:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
+        """The current coefficient (the target, horizon and clip come from the config)."""
         return {"value": self.value}
 
     def load_state_dict(self, state: dict) -> None:
+        check_keys(state, ("value",), f"the KL controller ({self.name})")
         self.value = float(state["value"])
 
 

@@ -1,13 +1,18 @@
-"""Token log-probabilities, entropy and the policy/value losses.
+"""Token log-probabilities, entropy, the policy/value losses, and the policy-loss registry (:data:`POLICY_LOSSES`).
 
 Shapes: ``(B, T)`` response tokens, ``(B, T, V)`` logits over the vocabulary, ``mask`` marks real response tokens.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 from rlhf_exp.core.masked import masked_mean
+from rlhf_exp.core.registry import Param, Registry
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
@@ -284,6 +289,96 @@ def clipped_sequence_loss(
         stats = {"ratio_mean": ratio.mean(), "clipfrac": (clipped > unclipped).float().mean(),
                  "approx_kl": (0.5 * log_ratio.pow(2)).mean()}
     return loss, stats
+
+
+def sequence_importance_weights(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``pi(y|x) / pi_old(y|x) = exp(sum_t (log pi - log pi_old))`` per sequence, the log clamped to [-20, 20],
+    padding ignored. ``(B, T) -> (B,)``. Weighting ``-A * log pi(y|x)`` by it (detached) makes the REINFORCE gradient
+    unbiased for samples drawn from ``pi_old`` (an unclipped, untruncated importance weight: high variance when the
+    policies drift apart)."""
+    diff = torch.where(mask.bool(), logprobs - old_logprobs, torch.zeros_like(logprobs))
+    return torch.exp(sequence_logprob(diff, mask, "sum").clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+
+
+# ============================================================================================================
+# The policy-loss registry
+# ============================================================================================================
+# A policy loss is a pure function
+#
+#     fn(logprobs, old_logprobs, advantages, mask, p, aggregation, normalizer) -> (loss, stats)
+#
+# of the current policy's log-probs ``(B, T)`` (carrying the gradient), the sampling policy's ``(B, T)``, the
+# advantages (``(B,)`` or ``(B, T)``, see ``advantages`` below), the response mask, its parameters ``p`` (read from
+# the objective block by the names it declares), and the objective's ``loss_aggregation`` with its constant
+# normaliser (:func:`aggregate_loss`: one aggregation for every token-level term of an objective). ``stats`` are
+# logged as ``train/<name>`` (detached).
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    """A registered policy loss (see above) and its declarations.
+
+    ``advantages``: what it takes: ``token`` (``(B, T)``; a sequence-level estimator's advantages are broadcast to
+    the tokens), ``sequence`` (``(B,)``; a token-level estimator cannot feed it) or ``any``. ``token_level(p,
+    token_advantages)``: whether the policy term is a sum of per-token terms ``-A_t * f(ratio_t)``, so that a per-token
+    importance weight may scale it by scaling the advantages (``generation.vllm.importance_correction``)."""
+
+    name: str
+    fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    params: tuple[Param, ...]
+    doc: str
+    advantages: str
+    token_level: Callable[[SimpleNamespace, bool], bool]
+
+
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss", PolicyLoss)
+register_policy_loss = POLICY_LOSSES.register
+
+CLIP_LOW = Param("cliprange", float, "the ratio's clip range [1 - cliprange, 1 + cliprange_high]", "> 0",
+                 lambda v: v > 0, aliases=("clip_low",))
+CLIP_HIGH = Param("cliprange_high", float, "the upper clip (asymmetric clipping, DAPO's clip-higher); null = "
+                  "cliprange", "> 0", lambda v: v > 0, nullable=True, aliases=("clip_high",))
+
+
+@register_policy_loss(
+    "clipped_token", advantages="token", token_level=lambda p, token_advantages: True,
+    params=(CLIP_LOW, CLIP_HIGH,
+            Param("clip_ratio_c", float, "dual-clip PPO: cap -A * ratio at -A * clip_ratio_c for A < 0 (verl: 3.0); "
+                  "null = off", "> 1", lambda v: v > 1.0, nullable=True)))
+def clipped_token_policy_loss(logprobs, old_logprobs, advantages, mask, p: SimpleNamespace, aggregation: str,
+                              normalizer: float | None):
+    """PPO's clipped surrogate on each token's ratio (:func:`clipped_policy_loss`), aggregated by
+    ``loss_aggregation``."""
+    return clipped_policy_loss(logprobs, old_logprobs, advantages, mask, p.cliprange, p.cliprange_high, aggregation,
+                               normalizer, p.clip_ratio_c)
+
+
+@register_policy_loss(
+    "clipped_sequence", advantages="sequence", token_level=lambda p, token_advantages: False,
+    params=(CLIP_LOW, CLIP_HIGH,
+            Param("ratio", str, "the sequence ratio: sum (pi(y|x)/pi_old(y|x)) | mean (per-token mean log-ratio, "
+                  "GSPO)", choices=("sum", "mean"))))
+def clipped_sequence_policy_loss(logprobs, old_logprobs, advantages, mask, p: SimpleNamespace, aggregation: str,
+                                 normalizer: float | None):
+    """PPO's clipped surrogate on the sequence ratio (:func:`clipped_sequence_loss`), mean over sequences."""
+    return clipped_sequence_loss(logprobs, old_logprobs, advantages, mask, p.cliprange, p.cliprange_high, p.ratio)
+
+
+@register_policy_loss(
+    "reinforce", advantages="any",
+    token_level=lambda p, token_advantages: token_advantages or not p.importance_weighting,
+    params=(Param("importance_weighting", bool, "weight each sequence's terms by pi(y|x)/pi_old(y|x), detached (for "
+                  "minibatches after the first of a rollout batch)"),))
+def reinforce_policy_loss(logprobs, old_logprobs, advantages, mask, p: SimpleNamespace, aggregation: str,
+                          normalizer: float | None):
+    """REINFORCE: ``-A * log pi`` (:func:`reinforce_loss`), optionally importance-weighted per sequence
+    (:func:`sequence_importance_weights`)."""
+    stats: dict[str, torch.Tensor] = {}
+    if p.importance_weighting:
+        w = sequence_importance_weights(logprobs.detach(), old_logprobs, mask)
+        advantages = advantages * (w if advantages.dim() == 1 else w.unsqueeze(1))
+        stats["ratio_mean"] = w.mean()
+    return reinforce_loss(logprobs, advantages, mask, aggregation, normalizer), stats
 
 
 IGNORE_INDEX = -100  # label value that takes no loss (prompt and padding positions)

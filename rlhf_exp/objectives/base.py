@@ -1,8 +1,13 @@
-"""What an online objective is: advantages from a scored rollout, and a loss on a minibatch.
+"""What an online objective is: a composition of an advantage estimator, a policy loss and rollout hooks.
 
 The online loop (``rlhf_exp.train.online``) is the same for every objective: sample prompts, generate, score,
 compute log-probs of the policy and the reference, then ask the objective for advantages and run K epochs of
-minibatch updates on the objective's loss. Switching ``objective=`` changes only the methods below.
+minibatch updates on the objective's loss. An objective is its yaml (``conf/objective/<name>.yaml``): the advantage
+estimator it names (``estimator:``, the registry :data:`rlhf_exp.core.advantages.ADV_ESTIMATORS`), the policy loss
+(``policy_loss:``, :data:`rlhf_exp.core.losses.POLICY_LOSSES`), its rollout hooks (``rollout_hooks:``,
+:mod:`rlhf_exp.objectives.hooks`) and the values of every parameter they declare. :class:`OnlineObjective` puts them
+together and adds what every objective shares: the KL term (in the reward or in the loss), the entropy bonus, masking
+of truncated responses and the sampler's importance weights. docs/objectives.md.
 
 A rollout batch is a ``dict[str, Tensor]`` with leading dimension ``B`` (sequences):
 
@@ -21,13 +26,14 @@ token_scores   (B, T)    per-token task rewards (only when the reward model give
 old_values     (B, T)    value estimates at rollout time (objectives with a critic)
 group_ids      (B,)      index of the prompt group (``G`` completions of one prompt share it)
 ends_with_eos  (B,)      1 where the response ended with EOS, 0 where it was cut at its length limit
-baseline_scores (B,)     the task reward of the greedy response to the same prompt (objectives with
-                         ``needs_greedy_baseline``, e.g. ReMax), preprocessed like ``scores``
+baseline_scores (B,)     the task reward of the greedy response to the same prompt (the ``greedy_baseline``
+                         rollout hook, ReMax), preprocessed like ``scores``
 tis_weight     (B, T)    truncated importance weights ``min(pi_old / pi_sampler, C)`` of a separate sampler
                          (``generation.vllm.importance_correction``): they scale each token's policy term
 ============== ========= =================================================================
 
-``compute_advantages`` adds ``advantages`` (and ``returns`` for a critic); ``loss`` sees minibatches of that dict.
+``compute_advantages`` adds ``advantages`` (and the targets of a critic: ``returns``, ``seq_returns``); ``loss`` sees
+minibatches of that dict.
 """
 from __future__ import annotations
 
@@ -35,73 +41,120 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from rlhf_exp.core.advantages import sequence_rewards
+from rlhf_exp.core.advantages import ADV_ESTIMATORS, sequence_rewards
 from rlhf_exp.core.kl import check_estimator, per_token_kl
-from rlhf_exp.core.losses import aggregate_loss, importance_ratio
+from rlhf_exp.core.losses import POLICY_LOSSES, aggregate_loss, importance_ratio
 from rlhf_exp.core.masked import Reduce, masked_mean
+from rlhf_exp.core.registry import read_params
+from rlhf_exp.core.state import check_keys
 from rlhf_exp.modeling import ResponseOutput
+from rlhf_exp.objectives.hooks import Rollout, RolloutContext, build_hook
+from rlhf_exp.objectives.validation import validate_online
 
 Batch = dict[str, torch.Tensor]
 Stats = dict[str, torch.Tensor | float]
 
 
 class OnlineObjective:
-    """Base class of the online objectives.
-
-    Subclasses set the class attributes and implement :meth:`compute_advantages` and :meth:`policy_loss`. The KL
-    term (when ``kl_in_reward`` is false) and the entropy bonus are added here, the same way for every objective.
-    """
-
-    name = "base"
-    needs_value = False          # a value head is trained beside the policy
-    default_kl_in_reward = True  # where the KL penalty goes unless kl.in_reward says otherwise
-    default_kl_estimator = "k1"
-    needs_greedy_baseline = False  # the loop adds ``baseline_scores``: the reward of a greedy response per prompt
-    # the policy term is a sum of per-token terms ``-A_t * f(ratio_t)`` (advantages (B,) broadcast to tokens, or
-    # (B, T)), so a per-token importance weight scales it by scaling the advantages; False for sequence ratios
-    token_level_policy_loss = True
+    """An online objective built from its config block (``cfg``: ``conf/objective/<name>.yaml`` as composed; checked
+    first with :func:`~rlhf_exp.objectives.validation.validate_online`), the ``kl`` block (``kl.in_reward``,
+    ``kl.estimator``: null = the objective's ``kl_in_reward``, ``kl_estimator``) and ``generation.max_new_tokens``
+    (Dr. GRPO's constant normaliser). See the module docstring."""
 
     def __init__(self, cfg: Mapping[str, Any], kl_cfg: Mapping[str, Any], max_new_tokens: Optional[int] = None):
+        validate_online(cfg)
         self.cfg = cfg
+        self.name = str(cfg["name"])
+        self.estimator = ADV_ESTIMATORS[cfg["estimator"]]
+        self.policy_loss_fn = POLICY_LOSSES[cfg["policy_loss"]]
+        self.estimator_params = read_params(self.estimator.params, cfg)
+        self.loss_params = read_params(self.policy_loss_fn.params, cfg)
         # Dr. GRPO's constant loss normaliser: the longest possible response.
         self.max_new_tokens = max_new_tokens
-        in_reward = kl_cfg.get("in_reward")
-        self.kl_in_reward = self.default_kl_in_reward if in_reward is None else bool(in_reward)
-        self.kl_estimator = check_estimator(kl_cfg.get("estimator") or self.default_kl_estimator)
-        self.entropy_coef = float(cfg.get("entropy_coef", 0.0))
-        self.group_size = int(cfg.get("group_size", 1))
-        self.loss_aggregation = str(cfg.get("loss_aggregation", "token-mean"))
-        if self.group_size < 1:
-            raise ValueError(f"objective.group_size must be >= 1, got {self.group_size}.")
-        # dual-clip PPO's bound for negative advantages (objectives with a token-level clipped surrogate)
-        c = cfg.get("clip_ratio_c")
-        self.clip_ratio_c = None if c is None else float(c)
-        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1.0:
-            raise ValueError(f"objective.clip_ratio_c={self.clip_ratio_c} must be > 1 (verl uses 3.0), or null.")
+        in_reward = kl_cfg["in_reward"]
+        self.kl_in_reward = bool(cfg["kl_in_reward"]) if in_reward is None else bool(in_reward)
+        self.kl_estimator = check_estimator(kl_cfg["estimator"] or cfg["kl_estimator"])
+        self.entropy_coef = float(cfg["entropy_coef"])
+        self.group_size = int(cfg["group_size"])
+        self.loss_aggregation = str(cfg["loss_aggregation"])
         # TRL GRPOConfig.use_bias_correction_kl (its default since 1.x): the KL term in the loss times pi/pi_old
-        self.kl_bias_correction = bool(cfg.get("kl_bias_correction", False))
+        self.kl_bias_correction = bool(cfg["kl_bias_correction"])
         # TRL GRPOConfig.mask_truncated_completions: responses cut at their length limit (no EOS) take no loss
-        self.mask_truncated = bool(cfg.get("mask_truncated_completions", False))
-        ds = cfg.get("dynamic_sampling") or {}
-        self.dynamic_sampling = bool(ds.get("enable", False))
-        self.dynamic_sampling_max_tries = int(ds.get("max_tries", 4))
-        if self.dynamic_sampling and self.group_size < 2:
-            raise ValueError("objective.dynamic_sampling.enable=true needs objective.group_size >= 2: it drops the "
-                             "groups of completions of one prompt whose rewards are all equal.")
-        if self.dynamic_sampling_max_tries < 1:
-            raise ValueError(f"objective.dynamic_sampling.max_tries={self.dynamic_sampling_max_tries} must be >= 1.")
+        self.mask_truncated = bool(cfg["mask_truncated_completions"])
+        self.hooks = [build_hook(name, cfg, self.group_size) for name in cfg["rollout_hooks"]]
+        make_state = self.estimator.make_state
+        self.estimator_state = make_state(self.estimator_params) if make_state is not None else None
 
-    # ------------------------------------------------------------------ to implement
+    # ------------------------------------------------------------------ what the loop asks
+    @property
+    def needs_value(self) -> bool:
+        """A value head is trained beside the policy (the estimator reads ``old_values``)."""
+        return bool(self.estimator.needs_value(self.estimator_params))
+
+    @property
+    def token_level_policy_loss(self) -> bool:
+        """The policy term is a sum of per-token terms ``-A_t * f(ratio_t)`` (advantages (B,) broadcast to tokens, or
+        (B, T)), so a per-token importance weight scales it by scaling the advantages; False for sequence ratios."""
+        return bool(self.policy_loss_fn.token_level(self.loss_params, self.estimator.level == "token"))
+
+    @property
+    def needs_policy_scored_rollout(self) -> bool:
+        """A rollout hook needs the rollout's old log-probs before the update (they cannot come from the update's
+        own forward: rlhf_exp.train.batching)."""
+        return any(h.active and h.needs_policy_scores for h in self.hooks)
+
+    @property
+    def needs_entropy_grad(self) -> bool:
+        return self.entropy_coef != 0.0
+
+    @property
+    def needs_full_logits(self) -> bool:
+        """The ``full`` estimator in the loss needs the policy's logits over the vocabulary in the update."""
+        return self.kl_estimator == "full" and not self.kl_in_reward
+
+    # ------------------------------------------------------------------ the rollout
+    def collect(self, ctx: RolloutContext, prompts: list, lengths: torch.Tensor) -> Rollout:
+        """The step's rollout: the first active hook that gathers it (DAPO's dynamic sampling), else the plain one."""
+        for hook in self.hooks:
+            if hook.active:
+                got = hook.collect(ctx, prompts, lengths)
+                if got is not None:
+                    return got
+        batch, info = ctx.rollout(prompts, lengths)
+        return Rollout(prompts, lengths, batch, info)
+
+    def complete(self, ctx: RolloutContext, rollout: Rollout) -> dict[str, float]:
+        """After the rewards are preprocessed: what the hooks add to the batch (ReMax's greedy baseline); their stats."""
+        stats: dict[str, float] = {}
+        for hook in self.hooks:
+            if hook.active:
+                stats.update(hook.complete(ctx, rollout))
+        return stats
+
+    # ------------------------------------------------------------------ advantages
     def compute_advantages(self, batch: Batch, kl_coef: float, reduce: Reduce = None) -> Stats:
-        """Add ``advantages`` (and anything else the loss needs) to ``batch`` in place; return stats to log."""
-        raise NotImplementedError
+        """Add ``advantages`` (and the critic's targets) to ``batch`` in place; return stats to log. A sequence-level
+        estimator's advantages are broadcast to the response tokens for a loss that takes per-token advantages."""
+        for key in self.estimator.requires:
+            if key not in batch:
+                raise KeyError(f"objective={self.name} (estimator {self.estimator.name}) needs batch[{key!r}], added "
+                               f"by a rollout hook (objective.rollout_hooks).")
+        out, stats = self.estimator.fn(batch, self.kl_in_reward_coef(kl_coef), self.group_size,
+                                       self.estimator_params, reduce, self.estimator_state)
+        if self.estimator.level == "sequence" and self.policy_loss_fn.advantages == "token":
+            out["advantages"] = out["advantages"].unsqueeze(1) * batch["response_mask"]
+        batch.update(out)
+        return stats
 
-    def policy_loss(self, out: ResponseOutput, mb: Batch) -> tuple[torch.Tensor, Stats]:
-        """The objective's own loss on a minibatch (policy term, plus value term for a critic).
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        """What the objective learns across steps: its estimator's state (a moving-average baseline), if any."""
+        return {} if self.estimator_state is None else {"estimator": self.estimator_state.state_dict()}
 
-        Stats should include ``loss/policy`` (and ``loss/value`` for a critic), detached.
-        """
-        raise NotImplementedError
+    def load_state_dict(self, state: dict) -> None:
+        check_keys(state, self.state_dict(), f"objective={self.name}")
+        if self.estimator_state is not None:
+            self.estimator_state.load_state_dict(state["estimator"])
 
     # ------------------------------------------------------------------ shared
     def kl_in_reward_coef(self, kl_coef: float) -> float:
@@ -152,14 +205,19 @@ class OnlineObjective:
         out["advantages"] = (adv.unsqueeze(1) if adv.dim() == 1 else adv) * w.to(adv.dtype)
         return out
 
-    @property
-    def needs_entropy_grad(self) -> bool:
-        return self.entropy_coef != 0.0
-
-    @property
-    def needs_full_logits(self) -> bool:
-        """The ``full`` estimator in the loss needs the policy's logits over the vocabulary in the update."""
-        return self.kl_estimator == "full" and not self.kl_in_reward
+    def policy_loss(self, out: ResponseOutput, mb: Batch) -> tuple[torch.Tensor, Stats]:
+        """The policy loss on a minibatch, plus ``vf_coef`` times the critic's loss when the estimator trains one.
+        Stats: the loss's own, ``loss/policy`` (and ``loss/value``), detached."""
+        pg, pstats = self.policy_loss_fn.fn(out.logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"],
+                                            self.loss_params, self.loss_aggregation, self.max_new_tokens)
+        stats: Stats = dict(pstats)
+        if not self.needs_value:
+            stats["loss/policy"] = pg.detach()
+            return pg, stats
+        vf, vstats = self.estimator.value_loss(out.values, mb, self.estimator_params)
+        stats.update(vstats)
+        stats["loss/policy"], stats["loss/value"] = pg.detach(), vf.detach()
+        return pg + self.estimator_params.vf_coef * vf, stats
 
     def loss(self, out: ResponseOutput, mb: Batch, kl_coef: float,
              ref_full_kl: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Stats]:
@@ -181,7 +239,6 @@ class OnlineObjective:
             mb = self.importance_corrected(mb)
         mask = mb["response_mask"]
         loss, stats = self.policy_loss(out, mb)
-        stats = dict(stats)
         if not self.kl_in_reward and kl_coef != 0.0:
             kl_tok = per_token_kl(self.kl_estimator, out.logprobs, mb["ref_logprobs"], ref_full_kl)
             if self.kl_bias_correction:

@@ -13,29 +13,38 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from rlhf_exp.core.preference import DPO_LOSS_TYPES, LENGTH_NORMALIZED_DPO_LOSSES, dpo_loss, implicit_reward_stats
+from rlhf_exp.core.registry import Param
 from rlhf_exp.objectives.offline_base import Context, Item, OfflineObjective, Stats, sequence_logprobs
+from rlhf_exp.objectives.validation import ObjectiveConfigError
 
 
 class DPO(OfflineObjective):
     name = "dpo"
+    params = OfflineObjective.params + (
+        Param("loss_type", str, "sigmoid (DPO) | ipo | hinge (SLiC) | robust (rDPO)", choices=DPO_LOSS_TYPES),
+        Param("beta", float, "inverse temperature of the implicit reward (IPO: its tau)", "> 0", lambda v: v > 0),
+        Param("label_smoothing", float, "sigmoid: cDPO smoothing; robust: the assumed label flip rate", "in [0, 0.5)",
+              lambda v: 0 <= v < 0.5),
+        Param("precompute_ref_logprobs", bool, "score the reference once before training instead of at every step"),
+    )
     data_format = "preference"
     needs_reference = True
     summary_stats = ("loss/dpo", "rewards/accuracy")
 
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__(cfg)
-        self.beta = float(cfg.get("beta", 0.1))
-        self.loss_type = str(cfg.get("loss_type", "sigmoid"))
-        self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
-        self.precompute = bool(cfg.get("precompute_ref_logprobs", False))
-        if self.loss_type not in DPO_LOSS_TYPES:
-            raise ValueError(f"objective.loss_type={self.loss_type!r} is not one of {', '.join(DPO_LOSS_TYPES)}.")
-        if self.beta <= 0:
-            raise ValueError(f"objective.beta must be > 0, got {self.beta}.")
-        if self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
-            raise ValueError(f"objective.label_smoothing applies to loss_type sigmoid (cDPO) and robust, not "
-                             f"{self.loss_type}.")
+        self.beta = float(cfg["beta"])
+        self.loss_type = str(cfg["loss_type"])
+        self.label_smoothing = float(cfg["label_smoothing"])
+        self.precompute = bool(cfg["precompute_ref_logprobs"])
         self.reduction = "mean" if self.loss_type in LENGTH_NORMALIZED_DPO_LOSSES else "sum"
+
+    @classmethod
+    def validate(cls, block: Mapping[str, Any]) -> None:
+        super().validate(block)
+        if block["label_smoothing"] and block["loss_type"] not in ("sigmoid", "robust"):
+            raise ObjectiveConfigError(f"objective.label_smoothing applies to loss_type sigmoid (cDPO) and robust, "
+                                       f"not {block['loss_type']} (objective=dpo).")
 
     def encode(self, records: Sequence[Mapping[str, Any]], tokenizer) -> list[Item]:
         eos = tokenizer.eos_token_id

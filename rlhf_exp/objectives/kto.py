@@ -15,22 +15,27 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from rlhf_exp.core.preference import kto_loss, kto_reference_point
+from rlhf_exp.core.registry import Param
 from rlhf_exp.objectives.offline_base import Context, Item, OfflineObjective, Stats, sequence_logprobs
 
 
 class KTO(OfflineObjective):
     name = "kto"
+    params = OfflineObjective.params + (
+        Param("beta", float, "strength of the implicit KL constraint", "> 0", lambda v: v > 0),
+        Param("desirable_weight", float, "lambda_D, the weight of desirable examples", "> 0", lambda v: v > 0),
+        Param("undesirable_weight", float, "lambda_U, the weight of undesirable examples", "> 0", lambda v: v > 0),
+    )
+    min_local_micro_batch = 2      # each completion is paired with another example's prompt (the reference point)
     data_format = "unpaired"
     needs_reference = True
     summary_stats = ("loss/kto",)
 
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__(cfg)
-        self.beta = float(cfg.get("beta", 0.1))
-        self.desirable_weight = float(cfg.get("desirable_weight", 1.0))
-        self.undesirable_weight = float(cfg.get("undesirable_weight", 1.0))
-        if self.beta <= 0:
-            raise ValueError(f"objective.beta must be > 0, got {self.beta}.")
+        self.beta = float(cfg["beta"])
+        self.desirable_weight = float(cfg["desirable_weight"])
+        self.undesirable_weight = float(cfg["undesirable_weight"])
 
     def encode(self, records: Sequence[Mapping[str, Any]], tokenizer) -> list[Item]:
         eos = tokenizer.eos_token_id

@@ -15,7 +15,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 
 from rlhf_exp.core.losses import sequence_logprob
+from rlhf_exp.core.registry import Param
+from rlhf_exp.core.state import check_keys
 from rlhf_exp.modeling import load_policy, score_responses
+from rlhf_exp.objectives.validation import validate_offline
 from rlhf_exp.rollout import pad_left, pad_right
 
 Item = dict[str, Any]
@@ -47,6 +50,14 @@ class OfflineObjective:
     :meth:`loss`."""
 
     name = "base"
+    # the settings it reads from the objective block (besides name and kind), checked by validate()
+    params: tuple[Param, ...] = (
+        Param("max_length", int, "prompt + completion tokens (the prompt keeps its end, the completion its start)",
+              ">= 2", lambda v: v >= 2),
+        Param("max_prompt_tokens", int, "cut prompts to their last N tokens; null = no limit beyond max_length",
+              ">= 1", lambda v: v >= 1, nullable=True),
+    )
+    min_local_micro_batch = 1      # the smallest micro-batch per process its loss accepts
     data_format = "sft"            # which records it trains on (rlhf_exp.data.OFFLINE_FORMATS)
     trains_policy = True           # False for reward modelling: no policy, no reward/KL evaluation
     needs_reference = False        # a frozen copy of the initial policy enters the loss
@@ -55,8 +66,13 @@ class OfflineObjective:
 
     def __init__(self, cfg: Mapping[str, Any]):
         self.cfg = cfg
-        self.max_length = int(cfg.get("max_length", 512))
-        self.max_prompt_tokens = cfg.get("max_prompt_tokens")
+        self.max_length = int(cfg["max_length"])
+        self.max_prompt_tokens = cfg["max_prompt_tokens"]
+
+    @classmethod
+    def validate(cls, block: Mapping[str, Any]) -> None:
+        """Check the objective block against :attr:`params` (an ``ObjectiveConfigError`` naming the key)."""
+        validate_offline(block, cls.params)
 
     # ------------------------------------------------------------------ to implement
     def encode(self, records: Sequence[Mapping[str, Any]], tokenizer) -> list[Item]:
@@ -67,6 +83,15 @@ class OfflineObjective:
         """The mean loss of a micro-batch and its stats (detached scalars). Also called under ``no_grad`` on
         held-out examples, where the stats become ``eval/<name>``."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        """What the objective learns across steps: nothing for the offline objectives (DPO's precomputed reference
+        log-probs are computed again from the config and the data)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_keys(state, (), f"objective={self.name}")
 
     # ------------------------------------------------------------------ defaults
     def build_model(self, model_cfg: Mapping[str, Any]) -> torch.nn.Module:

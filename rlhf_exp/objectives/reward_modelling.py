@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from rlhf_exp.core.preference import bradley_terry_loss, pairwise_accuracy
+from rlhf_exp.core.registry import Param
 from rlhf_exp.modeling import (
     disable_dropout, enable_gradient_checkpointing, from_pretrained_checked, resolve_pretrained,
 )
@@ -28,14 +29,19 @@ REWARD_MODEL_DIR = "reward_model"   # where a reward run saves its model, inside
 
 class RewardModelling(OfflineObjective):
     name = "reward"
+    params = OfflineObjective.params + (
+        Param("center_rewards_coefficient", float, "weight of mean((r_chosen + r_rejected)^2), which keeps rewards "
+              "centred at 0; null = off", ">= 0", lambda v: v >= 0, nullable=True),
+        Param("use_margin", bool, "subtract the dataset's margin column inside the sigmoid"),
+    )
     data_format = "preference"
     trains_policy = False
     summary_stats = ("loss/bt", "accuracy")
 
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__(cfg)
-        self.center_coef = float(cfg.get("center_rewards_coefficient") or 0.0)
-        self.use_margin = bool(cfg.get("use_margin", False))
+        self.center_coef = float(cfg["center_rewards_coefficient"] or 0.0)     # null: off
+        self.use_margin = bool(cfg["use_margin"])
 
     def build_model(self, model_cfg: Mapping[str, Any]) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
@@ -49,10 +55,10 @@ class RewardModelling(OfflineObjective):
                                             model_cfg["path"], num_labels=1)
         finally:
             logging.set_verbosity(verbosity)
-        if int((model_cfg.get("lora") or {}).get("r") or 0) > 0:
+        if int(model_cfg["lora"]["r"]) > 0:
             raise ValueError("objective=reward trains the whole model (a new score head on the LM); model.lora is "
                              "only for policy training. Set model.lora.r=0.")
-        if model_cfg.get("gradient_checkpointing"):
+        if model_cfg["gradient_checkpointing"]:
             enable_gradient_checkpointing(model)
         return disable_dropout(model)
 

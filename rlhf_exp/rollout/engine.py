@@ -14,7 +14,8 @@ length limit or just after its first stop id (the tokenizer's EOS and the model'
 which stays in the response once; everything after is ``pad_id`` with mask 0.
 
 Backends: ``hf`` (:class:`HFGenerator`, the trained model itself: our KV-cache decode loop) and ``vllm``
-(:class:`~rlhf_exp.rollout.vllm_engine.VLLMGenerator`, a colocated in-process vLLM engine). docs/rollout.md.
+(:class:`~rlhf_exp.rollout.vllm_engine.VLLMGenerator`, a colocated in-process vLLM engine), chosen by
+:func:`rlhf_exp.rollout.backends.build_engine`. docs/rollout.md.
 """
 from __future__ import annotations
 
@@ -24,9 +25,6 @@ from typing import Optional, Sequence
 import torch
 
 from rlhf_exp.rollout.sampling import Decoder, SamplingSettings, generate
-
-BACKENDS = ("hf", "vllm")
-
 
 @dataclass
 class Generation:
@@ -107,20 +105,3 @@ class HFGenerator(RolloutEngine):
 
         return self.acc.num_processes > 1 and self.acc.distributed_type in (DistributedType.FSDP,
                                                                             DistributedType.DEEPSPEED)
-
-
-def backend_of(cfg) -> str:
-    """``generation.backend`` of a composed config (``hf`` when the key is absent: an older config)."""
-    return str((cfg.get("generation") or {}).get("backend", "hf") or "hf")
-
-
-def build_engine(cfg, accelerator, policy, tokenizer, stop_ids: Sequence[int], pad_id: int) -> RolloutEngine:
-    """The engine ``generation.backend`` names, for the prepared ``policy``."""
-    backend = backend_of(cfg)
-    if backend == "hf":
-        return HFGenerator(accelerator, policy, stop_ids, pad_id, compile=bool(cfg.generation.compile))
-    if backend == "vllm":
-        from rlhf_exp.rollout.vllm_engine import VLLMGenerator
-
-        return VLLMGenerator.from_config(cfg, accelerator, policy, tokenizer, stop_ids, pad_id)
-    raise ValueError(f"generation.backend={backend!r}: valid values are {', '.join(BACKENDS)}.")

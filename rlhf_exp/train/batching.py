@@ -65,14 +65,13 @@ def old_logprobs_from_update(objective, epochs: int, local_mini: int, local_batc
     (the ratio is exactly 1, as TRL's GRPOTrainer does when ``num_iterations=1`` and generation is aligned with the
     optimizer step), and when nothing computed before the update needs them: no critic (``old_values`` come from
     the same forward), the KL outside the reward (so the advantages do not read it), no ``kl.estimator=full`` (its
-    exact KL needs the policy's logits before the update), no dynamic sampling, no ``separate_sampler``
-    (``generation.backend=vllm``: the sampler correction compares them with the sampler's log-probs before the
-    update), and an objective that does not mark its advantages as reading them (``advantages_read_old_logprobs``).
+    exact KL needs the policy's logits before the update), no rollout hook that needs the scored rollout
+    (``needs_policy_scored_rollout``: DAPO's dynamic sampling), no ``separate_sampler`` (``generation.backend=vllm``:
+    the sampler correction compares them with the sampler's log-probs before the update).
     """
     return (epochs == 1 and local_mini >= local_batch and not separate_sampler and not objective.needs_value
             and not objective.kl_in_reward
-            and objective.kl_estimator != "full" and not objective.dynamic_sampling
-            and not getattr(objective, "advantages_read_old_logprobs", False))
+            and objective.kl_estimator != "full" and not objective.needs_policy_scored_rollout)
 
 
 def fill_from_update(batch: dict[str, torch.Tensor], idx: torch.Tensor, mb: dict[str, torch.Tensor], out) -> None:

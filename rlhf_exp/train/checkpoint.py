@@ -6,10 +6,12 @@ keeps the newest ``train.keep_checkpoints``. A checkpoint holds:
 * what ``accelerate.Accelerator.save_state`` saves: the model (policy with value head and LoRA adapters), the
   optimizer (sharded by the engine under FSDP / DeepSpeed), the learning-rate scheduler (registered with
   ``register_for_checkpointing``) and every process's random states (python, numpy, torch, CUDA);
-* ``loop_state_rank<r>.pt``, one per process: the loop's own objects (:func:`loop_state`): the step, the metric
-  history that ``summary.json`` is computed from, the wall time so far, and every stateful object of the loop and of
-  its objective: the KL controller's coefficient, the reward running moments, baselines (moving averages), prompt
-  samplers (the data position of the offline loop), the loop's random generators (response lengths, shuffles);
+* ``loop_state_rank<r>.pt``, one per process: the loop's own state (:func:`loop_state`): the step, the wall time so
+  far, and ``trainer.state_dict()``, which composes the state of each stateful part by name: the metric history that
+  ``summary.json`` is computed from, the KL controller's coefficient, the reward running moments, the objective's
+  baselines (moving averages), the prompt sampler (the data position of the offline loop), the loop's named random
+  generators (response lengths, shuffles). Only tensors, numbers, strings, lists and dicts: it is loaded with
+  ``torch.load(..., weights_only=True)``, which runs no code;
 * ``meta.json``, written last: the step and the size of every file. A checkpoint without it, or whose files do not
   have the recorded sizes, is damaged: resume falls back to the one before, with a notice.
 
@@ -24,10 +26,8 @@ docs/checkpoints.md.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
+
+from rlhf_exp.core.state import check_keys
 
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
@@ -265,97 +267,19 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- loop state
-def _is_engine_object(value: Any) -> bool:
-    """Objects that accelerate's save_state saves (or that are rebuilt from the config): modules, optimizers,
-    schedulers."""
-    from torch.optim.lr_scheduler import LRScheduler
-
-    return isinstance(value, (torch.nn.Module, torch.optim.Optimizer, LRScheduler)) or hasattr(value, "optimizer")
-
-
-def _simple(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
-def capture(value: Any) -> Optional[tuple[str, Any]]:
-    """``(kind, state)`` of one stateful object of a loop, or None when it holds nothing to save:
-
-    * ``torch.Generator`` -> its state; ``random.Random`` -> ``getstate()``;
-    * a prompt sampler (``rng`` + ``_order``: :class:`rlhf_exp.data.PromptSampler`) -> its position in the shuffled
-      data and its random state;
-    * an object with ``state_dict()``/``load_state_dict()`` (a KL controller) -> its state dict;
-    * an object of this package whose attributes are plain numbers (``RunningMoments``, ``MovingAverageBaseline``)
-      -> its attributes.
-    Modules, optimizers and schedulers are left to accelerate.
-    """
-    if isinstance(value, torch.Generator):
-        return "generator", value.get_state()
-    if isinstance(value, random.Random):
-        return "random", value.getstate()
-    if isinstance(getattr(value, "rng", None), random.Random) and isinstance(getattr(value, "_order", None), list):
-        return "sampler", {"rng": value.rng.getstate(), "order": list(value._order)}
-    if value is None or _is_engine_object(value) or isinstance(value, type) or dataclasses.is_dataclass(value):
-        return None     # settings (dataclasses) come from the config of the resumed run
-    if callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None)):
-        return "state_dict", value.state_dict()
-    if type(value).__module__.startswith("rlhf_exp") and hasattr(value, "__dict__"):
-        attrs = vars(value)
-        if attrs and all(_simple(v) for v in attrs.values()):
-            return "vars", dict(attrs)
-    return None
-
-
-def restore(value: Any, kind: str, state: Any) -> None:
-    """Put ``state`` (from :func:`capture`) back into ``value``."""
-    if kind == "generator":
-        value.set_state(state)
-    elif kind == "random":
-        value.setstate(state)
-    elif kind == "sampler":
-        value.rng.setstate(state["rng"])
-        value._order[:] = list(state["order"])
-    elif kind == "state_dict":
-        value.load_state_dict(state)
-    elif kind == "vars":
-        vars(value).update(state)
-    else:  # pragma: no cover - files of a newer version
-        raise ValueError(f"unknown loop-state kind {kind!r}")
-
-
-def _objects(trainer) -> dict[str, Any]:
-    """The loop's attributes and its objective's (``objective.<name>``; the objective itself when it has
-    ``state_dict()``/``load_state_dict()``), by name."""
-    out = {name: v for name, v in vars(trainer).items() if name not in ("objective", "cfg", "history")}
-    objective = getattr(trainer, "objective", None)
-    if objective is not None:
-        out.update({f"objective.{n}": v for n, v in vars(objective).items() if not _simple(v)})
-        if callable(getattr(objective, "state_dict", None)) and callable(getattr(objective, "load_state_dict", None)):
-            out["objective"] = objective     # an objective may also keep plain-number state behind state_dict()
-    return out
-
-
 def loop_state(trainer, step: int, wall_s: float) -> dict[str, Any]:
-    """Everything of the loop itself that a checkpoint needs (see the module docstring)."""
-    objects = {}
-    for name, value in _objects(trainer).items():
-        got = capture(value)
-        if got is not None:
-            objects[name] = got
-    return {"step": int(step), "wall_s": float(wall_s), "world": int(getattr(trainer, "world", 1)),
-            "history": {k: list(map(list, v)) for k, v in trainer.history.items()}, "objects": objects}
+    """Everything of the loop itself that a checkpoint needs: the step, the wall time so far, the number of processes
+    and the trainer's own state (``trainer.state_dict()``: its stateful parts by name, see the module docstring).
+    Tensors, numbers, strings, lists and dicts only: it loads with ``torch.load(..., weights_only=True)``."""
+    return {"step": int(step), "wall_s": float(wall_s), "world": int(trainer.proc.world),
+            "trainer": trainer.state_dict()}
 
 
 def load_loop_state(trainer, state: Mapping[str, Any]) -> None:
-    """Restore :func:`loop_state`'s output into ``trainer``; a saved object the loop no longer has is named."""
-    current = _objects(trainer)
-    for name, (kind, value) in state["objects"].items():
-        if name not in current or current[name] is None:
-            print(f"[rlhf_exp] the checkpoint's {name} has no counterpart in this run; ignored.", flush=True)
-            continue
-        restore(current[name], kind, value)
-    trainer.history.clear()
-    for k, rows in state["history"].items():
-        trainer.history[k] = [(int(s), float(v)) for s, v in rows]
+    """Restore :func:`loop_state`'s output into ``trainer``; a key that is missing or that the trainer does not have
+    is an error naming it (:class:`~rlhf_exp.core.state.StateKeyError`)."""
+    check_keys(state, ("step", "wall_s", "world", "trainer"), "the loop state")
+    trainer.load_state_dict(state["trainer"])
 
 
 # ---------------------------------------------------------------------------------------------------- checkpointer
@@ -533,7 +457,7 @@ class Checkpointer:
                 with _quiet_accelerate():
                     self.acc.load_state(str(path))
                 state = torch.load(path / LOOP_STATE.format(self.acc.process_index), map_location="cpu",
-                                   weights_only=False)
+                                   weights_only=True)
                 load_loop_state(trainer, state)
             except Exception as e:  # noqa: BLE001 - any unreadable content: fall back to the one before
                 error = e

@@ -8,6 +8,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from rlhf_exp.core.state import check_keys
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss or gradient became NaN/inf; the update was not applied and the run stops."""
@@ -37,10 +39,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# The smallest per-process micro-batch an objective accepts (KTO pairs each completion with another prompt).
-MIN_LOCAL_MICRO_BATCH = {"kto": 2}
-
-
 def launch_world_size() -> int:
     """The number of processes the launcher (torchrun / accelerate launch / deepspeed) started; 1 otherwise."""
     import os
@@ -51,13 +49,16 @@ def launch_world_size() -> int:
 def batch_geometry_of(cfg, world: int):
     """The run's :class:`~rlhf_exp.distributed.BatchGeometry` for ``world`` processes from ``cfg.train``
     (``batch_size``, ``mini_batch_size``, ``micro_batch_size``, all global) and the objective's group size; raises
-    a ``ValueError`` with the numbers to change. Cheap: called before anything loads."""
+    a ``ValueError`` with the numbers to change; the objective declares the smallest micro-batch per process it
+    accepts. Cheap: called before anything loads."""
     from rlhf_exp.distributed import batch_geometry
 
+    from rlhf_exp.objectives import min_local_micro_batch
+
     t, obj = cfg.train, cfg.objective
-    group = int(obj.get("group_size", 1) or 1) if obj.get("kind") == "online" else 1
-    return batch_geometry(t.batch_size, t.mini_batch_size, t.get("micro_batch_size"), world, group,
-                          MIN_LOCAL_MICRO_BATCH.get(str(obj.get("name")), 1))
+    group = int(obj.group_size) if obj.kind == "online" else 1
+    return batch_geometry(t.batch_size, t.mini_batch_size, t.micro_batch_size, world, group,
+                          min_local_micro_batch(obj))
 
 
 def make_accelerator(cfg):
@@ -70,7 +71,7 @@ def make_accelerator(cfg):
     """
     from accelerate import Accelerator
 
-    device = str(cfg.get("device", "auto"))
+    device = str(cfg.device)
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device={device!r}: valid values are auto, cpu, cuda.")
     if device == "cuda" and not torch.cuda.is_available():
@@ -78,7 +79,7 @@ def make_accelerator(cfg):
     world = launch_world_size()
     geometry = batch_geometry_of(cfg, world)
     cpu = device == "cpu" or (device == "auto" and world > 1 and not torch.cuda.is_available())
-    mp = str(cfg.train.get("mixed_precision", "no"))
+    mp = str(cfg.train.mixed_precision)
     if world == 1:  # one process (a notebook, a test, a Hydra multirun): a new run may change the precision
         from accelerate.state import AcceleratorState
 
@@ -133,6 +134,13 @@ class RunningMoments:
         self.var = (self.var * self.count + bvar * n + delta ** 2 * self.count * n / new_count) / new_count
         self.count = new_count
 
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_keys(state, ("count", "mean", "var"), "the reward's running moments")
+        self.count, self.mean, self.var = float(state["count"]), float(state["mean"]), float(state["var"])
+
 
 def save_policy(policy, tokenizer, path: Path, merge_lora: bool = True,
                 state_dict: Optional[dict] = None) -> None:
@@ -171,6 +179,22 @@ def save_policy(policy, tokenizer, path: Path, merge_lora: bool = True,
     if getattr(policy, "value_head", None) is not None:
         state = {k: v.detach().cpu().contiguous() for k, v in head_state.items()}
         save_file(state, str(path / "value_head.safetensors"))
+
+
+def save_run_policy(proc, policy, tokenizer, folder: Path, merge_lora: bool) -> dict[str, str]:
+    """Save what a run trained, the prepared ``policy``, to ``folder`` (Hugging Face format; a LoRA policy merged
+    unless ``merge_lora`` is false: ``model.lora.save=adapter``); return the summary entry naming it. Called on every
+    process (``proc``: :class:`~rlhf_exp.train.context.ProcessContext`): the engine's full state dict is gathered
+    collectively (``accelerator.get_state_dict``), then rank 0 alone writes, into a temporary folder that replaces
+    ``folder`` when complete (a failed save leaves an earlier one as it was)."""
+    from rlhf_exp.train.checkpoint import atomic_dir
+
+    state = proc.acc.get_state_dict(policy)
+    if proc.is_main:
+        with atomic_dir(folder) as tmp:
+            save_policy(proc.acc.unwrap_model(policy), tokenizer, tmp, merge_lora=merge_lora, state_dict=state)
+    proc.acc.wait_for_everyone()
+    return {"policy_dir": str(folder)}
 
 
 def progress_bar(desc: str, total: int, enabled: bool = True, initial: int = 0):

@@ -28,8 +28,8 @@ def adamw_impl_kwargs(impl: str) -> dict[str, bool]:
 
 def make_adamw(params: Iterable[torch.nn.Parameter], tcfg) -> torch.optim.AdamW:
     """AdamW over the trainable ``params`` with ``train.lr``, ``adam_betas``, ``adam_eps``, ``weight_decay`` and
-    ``adamw_impl`` (default ``foreach`` when the key is absent)."""
+    ``adamw_impl``."""
     return torch.optim.AdamW(
         [p for p in params if p.requires_grad], lr=tcfg.lr, betas=tuple(tcfg.adam_betas), eps=tcfg.adam_eps,
-        weight_decay=tcfg.weight_decay, **adamw_impl_kwargs(str(tcfg.get("adamw_impl", "foreach"))),
+        weight_decay=tcfg.weight_decay, **adamw_impl_kwargs(str(tcfg.adamw_impl)),
     )

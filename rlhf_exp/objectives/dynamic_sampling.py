@@ -9,7 +9,7 @@ difference: where verl raises an error when the cap is reached, we fill the rest
 groups (they add no gradient) and log how many, so a long run does not stop.
 
 The pure helpers here work on rollout batches (``dict[str, Tensor]``, see :mod:`rlhf_exp.objectives.base`); the
-loop's ``OnlineTrainer._dynamic_sampling_rollout`` drives them.
+``dynamic_sampling`` rollout hook (:class:`rlhf_exp.objectives.hooks.DynamicSampling`) drives them.
 """
 from __future__ import annotations
 
