@@ -151,6 +151,10 @@ def run_peer(overrides: list[str], steps: int, out: Path) -> dict:
         **{f"ours_{k[5:]}": statistics.median(r[k] for r in ours_rows[1:])
            for k in ("perf/gen_s", "perf/score_s", "perf/update_s")},
         "ours_tokens_per_step": statistics.median(r["perf/tokens_per_s"] * r["perf/step_s"] for r in ours_rows[1:]),
+        # analytic FLOP rates of our phases (rlhf_exp.perf) and the seconds generation.compile spent compiling
+        **{f"ours_{k}_gflop_per_s": statistics.median(r[f"perf/{k}_flops_per_s"] for r in ours_rows[1:]) / 1e9
+           for k in ("gen", "score", "update")},
+        "ours_compile_s": ours_rows[-1]["perf/compile_s"], "generation_compile": bool(cfg.generation.compile),
         "device": platform.processor() or "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": sys.version.split()[0],
@@ -161,6 +165,10 @@ def run_peer(overrides: list[str], steps: int, out: Path) -> dict:
           f"{result['trl_over_ours']:.2f}x")
     print(f"  rlhf_exp's step: generation {result['ours_gen_s']:.3f} s, reward + scoring {result['ours_score_s']:.3f} s, "
           f"update {result['ours_update_s']:.3f} s")
+    print(f"  rlhf_exp's achieved GFLOP/s: generation {result['ours_gen_gflop_per_s']:.1f}, update "
+          f"{result['ours_update_gflop_per_s']:.1f} (generation / update = "
+          f"{result['ours_gen_gflop_per_s'] / result['ours_update_gflop_per_s']:.2f}); compile "
+          f"{result['ours_compile_s']:.1f} s (generation.compile={str(result['generation_compile']).lower()})")
     print(f"  CPU s/step (all threads): rlhf_exp {result['ours_cpu_s']:.3f} | TRL {result['trl_cpu_s']:.3f} | "
           f"TRL / rlhf_exp = {result['trl_cpu_s'] / result['ours_cpu_s']:.2f}x")
     with open(out, "a") as f:

@@ -232,3 +232,34 @@ def test_kl_track_false_skips_the_reference_forward_and_changes_no_update(tmp_pa
         assert a["train/loss/total"] == b["train/loss/total"] and a["train/reward_mean"] == b["train/reward_mean"]
     used = _trainer(tmp_path / "used", SKIP_CFG + ["objective=grpo", "objective.group_size=4", "kl.track=false"])
     assert used.ref_in_rollout                   # kl=fixed kl_coef=0.05: the KL is used, the option is ignored
+
+
+def test_token_budget_micro_batches_hand_example():
+    from rlhf_exp.train.batching import token_budget_micro_batches
+
+    # totals 10, 4, 12, 4, 3 -> order 2, 0, 1, 3, 4; budget 24: [2, 0] costs 2 x (6 + 6) = 24; [1, 3, 4] 3 x (2 + 2)
+    p, r = [4, 2, 6, 1, 2], [6, 2, 6, 3, 1]
+    assert token_budget_micro_batches(p, r, 24) == [[2, 0], [1, 3, 4]]
+    # a row longer than the budget alone
+    assert token_budget_micro_batches(p, r, 11) == [[2], [0], [1, 3], [4]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_token_budget_micro_batches_cover_every_row_once_within_budget(seed):
+    from rlhf_exp.train.batching import token_budget_micro_batches
+
+    g = torch.Generator().manual_seed(seed)
+    n = 50
+    p = torch.randint(1, 20, (n,), generator=g)
+    r = torch.randint(0, 200, (n,), generator=g)
+    budget = int(torch.randint(100, 2000, (1,), generator=g))
+    mbs = token_budget_micro_batches(p, r, budget)
+    assert sorted(i for mb in mbs for i in mb) == list(range(n))          # every row exactly once
+    for mb in mbs:
+        cost = len(mb) * (max(int(p[i]) for i in mb) + max(int(r[i]) for i in mb))
+        assert cost <= budget or len(mb) == 1                              # only a single over-long row exceeds it
+    assert mbs == token_budget_micro_batches(p.tolist(), r.tolist(), budget)   # deterministic, any input type
+    totals = [int(p[i] + r[i]) for mb in mbs for i in mb]
+    assert totals == sorted(totals, reverse=True)                          # length-sorted
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        token_budget_micro_batches(p, r, 0)

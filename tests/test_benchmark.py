@@ -20,6 +20,30 @@ def test_benchmark_reports_speed_and_memory(tmp_path):
     assert result["perf/gen_s"] > 0 and result["perf/update_s"] > 0 and result["cpu_s_per_step"] > 0
     assert result["update_gflop"] > 0 and result["matmul_gflop_per_s"] > 0 and result["matmul_dtype"] == "float32"
     assert result["step_gflop_per_s"] * result["perf/step_s"] > result["update_gflop"]   # the step holds the update
+    # the phase table: analytic FLOPs and achieved rates of each phase, read against an isolated product
+    for phase in ("gen", "score", "update"):
+        row = result["phases"][phase]
+        assert row["gflop"] > 0 and row["gflop_per_s"] > 0 and row["matmul_gflop_per_s"] > 0 and row["tokens_per_s"] > 0
+        assert row["of_matmul"] == pytest.approx(row["gflop_per_s"] / row["matmul_gflop_per_s"])
+    # PPO: 4 epochs of forward + backward (12 forwards) against the rollout's policy and reference forwards (2)
+    assert result["phases"]["update"]["gflop"] == pytest.approx(6 * result["phases"]["score"]["gflop"], rel=1e-9)
+    assert result["compile_s"] == 0.0                        # generation.compile=false: nothing compiled
+
+
+def test_random_init_copies_the_architecture_and_tokenizer(tmp_path):
+    """--random-init benchmarks a random-weight copy of model.path: same config and tokenizer, other weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf_exp.benchmark import build_random_copy
+    from rlhf_exp.task import POLICY_DIR
+
+    d = build_random_copy(POLICY_DIR, tmp_path / "r")
+    a, b = AutoModelForCausalLM.from_pretrained(POLICY_DIR), AutoModelForCausalLM.from_pretrained(d)
+    assert AutoConfig.from_pretrained(d).to_dict()["n_layer"] == a.config.n_layer
+    assert not torch.equal(a.transformer.h[0].mlp.c_fc.weight, b.transformer.h[0].mlp.c_fc.weight)
+    assert AutoTokenizer.from_pretrained(d)("a great film")["input_ids"] == \
+        AutoTokenizer.from_pretrained(POLICY_DIR)("a great film")["input_ids"]
 
 
 def test_flop_count_of_the_update_is_its_passes(tmp_path):

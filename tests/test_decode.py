@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from rlhf_exp.config import resolve_asset
 from rlhf_exp.rollout import SamplingSettings, generate, generation_config, pad_left, truncate_responses
-from rlhf_exp.rollout.sampling import decode, sample_categorical
+from rlhf_exp.rollout.sampling import Decoder, decode, sample_categorical, static_cache_supported
 
 
 def test_sample_categorical_hand_computed():
@@ -48,9 +48,25 @@ def _embedded():
     return AutoModelForCausalLM.from_pretrained(resolve_asset("tiny_reviews/policy")).eval()
 
 
-@pytest.mark.parametrize("arch", ["embedded_gpt2", "random_llama"])
-def test_greedy_decode_equals_hf_generate(arch):
-    lm = _embedded() if arch == "embedded_gpt2" else _tiny_llama()
+def _force_dynamic(monkeypatch):
+    """Decode on the model's own growing cache (the path of models without static-cache support)."""
+    import rlhf_exp.rollout.sampling as sampling
+
+    monkeypatch.setattr(sampling, "static_cache_supported", lambda lm: False)
+
+
+@pytest.mark.parametrize("arch,path", [("embedded_gpt2", "static"), ("random_llama", "static"),
+                                       ("embedded_gpt2_eager", "static"), ("embedded_gpt2", "dynamic"),
+                                       ("random_llama", "dynamic"), ("embedded_gpt2", "static-whole"),
+                                       pytest.param("embedded_gpt2", "static-compiled", marks=pytest.mark.slow)])
+def test_greedy_decode_equals_hf_generate(arch, path, monkeypatch):
+    lm = _tiny_llama() if arch == "random_llama" else _embedded()
+    if arch.endswith("_eager"):       # the eager attention's additive mask instead of sdpa's booleans
+        lm.set_attn_implementation("eager")
+    if path == "dynamic":
+        _force_dynamic(monkeypatch)
+    decoder = Decoder(compile=path == "static-compiled")
+    decoder.whole_buffer = path == "static-whole"   # the CUDA-graph path's layout: the whole buffer, bucketed
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 90, (int(n),), generator=g).tolist() for n in (2, 7, 4, 5, 1, 6)]
     ids, mask = pad_left(prompts, 0)
@@ -62,7 +78,8 @@ def test_greedy_decode_equals_hf_generate(arch):
     stops = [int(free[0, 4]), int(lm.config.eos_token_id)]
     ref = lm.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config(greedy, 12, stops, 0))
     want = truncate_responses(ref[:, ids.shape[1]:], lengths, stops, 0)
-    got = generate(lm, ids, mask, greedy, lengths, stops, 0)
+    got = generate(lm, ids, mask, greedy, lengths, stops, 0, decoder=decoder)
+    assert decoder.last_path == path.replace("-whole", "")        # no silent fallback to another path
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     ended_by_eos = [bool(r[m.bool()][-1].item() in stops) for r, m in zip(*got)]
     assert any(ended_by_eos) and not all(ended_by_eos)          # both ways of ending occur
@@ -112,6 +129,68 @@ def test_samples_do_not_depend_on_compaction(monkeypatch):
         outs.append(generate(lm, ids, mask, settings, lengths, [0], 0))
     for got in outs[1:]:
         assert torch.equal(got[0], outs[0][0]) and torch.equal(got[1], outs[0][1])
+
+
+def test_static_cache_is_used_for_the_shipped_policy_and_llama():
+    """The embedded policy (GPT-2) and a Llama/Qwen2-style model decode on the preallocated cache; a model with a
+    sliding-window layer (not a plain full-attention cache) takes the dynamic path."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    lm = _embedded()
+    assert static_cache_supported(lm) and static_cache_supported(_tiny_llama())
+    decoder = Decoder()
+    ids, mask = pad_left([[5, 6, 7], [8, 9]], 0)
+    generate(lm, ids, mask, SamplingSettings(max_new_tokens=4, min_new_tokens=4), torch.tensor([4, 4]), [0], 0,
+             decoder=decoder)
+    assert decoder.last_path == "static"
+    cfg = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, use_sliding_window=True, sliding_window=4, max_window_layers=0,
+                      layer_types=["sliding_attention", "sliding_attention"])
+    windowed = Qwen2ForCausalLM(cfg).eval()
+    assert not static_cache_supported(windowed)
+    generate(windowed, ids, mask, SamplingSettings(max_new_tokens=4, min_new_tokens=4), torch.tensor([4, 4]), [0],
+             0, decoder=decoder)
+    assert decoder.last_path == "dynamic"
+
+
+def test_static_decode_step_concatenates_nothing():
+    """The number of ``cat`` operations of a static-path decode does not grow with the number of new tokens (the
+    dynamic path concatenates keys, values and the mask at every step)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountCat(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.cat:
+                CountCat.n += 1
+            return func(*args, **(kwargs or {}))
+
+    lm = _embedded()
+    ids, mask = pad_left([[5, 6, 7], [8, 9]], 0)
+    counts = []
+    for n in (3, 12):
+        CountCat.n = 0
+        with CountCat():
+            decode(lm, ids, mask, SamplingSettings(max_new_tokens=n, min_new_tokens=n), torch.tensor([n, n]), [-1], 0)
+        counts.append(CountCat.n)
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_samples_do_not_depend_on_the_cache_path(compiled, monkeypatch):
+    """The same draws on the static path (eager or compiled) and on the dynamic path: one uniform per row of the
+    whole batch per step, whatever the cache."""
+    lm = _embedded()
+    ids, mask = pad_left([[5, 6, 7], [8, 9], [10, 11, 12, 13]] * 4, 0)
+    lengths = torch.tensor([1, 8, 3, 5, 2, 8, 4, 6, 7, 2, 8, 5])
+    settings = SamplingSettings(max_new_tokens=8, min_new_tokens=1)
+    torch.manual_seed(3)
+    static = generate(lm, ids, mask, settings, lengths, [0], 0, decoder=Decoder(compile=compiled))
+    _force_dynamic(monkeypatch)
+    torch.manual_seed(3)
+    dynamic = generate(lm, ids, mask, settings, lengths, [0], 0)
+    assert torch.equal(static[0], dynamic[0]) and torch.equal(static[1], dynamic[1])
 
 
 def test_top_k_uses_hf_generate(monkeypatch):

@@ -153,6 +153,8 @@ class Generation(Block):
     backend: Literal["hf", "vllm"] = setting(
         "hf: our KV-cache decode loop on the trained model | vllm: a colocated vLLM engine, weights synced after "
         "every update (pip install -e .[vllm]; docs/rollout.md)")
+    compile: bool = setting("backend=hf: torch.compile the decode loop's one-token step over its static KV cache "
+                            "(CUDA graphs on a GPU); the first rollouts compile, logged apart as perf/compile_s")
     vllm: VLLM = setting("generation.backend=vllm only")
 
 

@@ -221,6 +221,9 @@ IGNORED: list[Ignored] = [
     Ignored(tuple(f"generation.vllm.{k}" for k in settings_of(VLLM) if not k.startswith("importance_")),
             lambda c: c["generation"]["backend"] != "vllm",
             "vLLM engine settings apply to generation.backend=vllm only", False),
+    Ignored(("generation.compile",), lambda c: c["generation"]["backend"] != "hf",
+            "it compiles the decode loop of generation.backend=hf only (vLLM compiles its own unless "
+            "generation.vllm.enforce_eager=true)", False),
     Ignored(("kl.track",), lambda c: not _offline(c) and _kl_used(c) and not c["kl"]["track"],
             "the KL enters the loss or the reward (or drives kl=adaptive), so it is measured at every step anyway",
             False),

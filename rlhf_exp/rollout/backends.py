@@ -21,7 +21,7 @@ def build_engine(cfg, accelerator, policy, tokenizer, stop_ids: Sequence[int], p
     """The engine ``generation.backend`` names, for the prepared ``policy``."""
     backend = backend_of(cfg)
     if backend == "hf":
-        return HFGenerator(accelerator, policy, stop_ids, pad_id)
+        return HFGenerator(accelerator, policy, stop_ids, pad_id, compile=bool(cfg.generation.compile))
     if backend == "vllm":
         from rlhf_exp.rollout.vllm_engine import VLLMGenerator   # vLLM itself is imported only when it is used
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from rlhf_exp.rollout.sampling import SamplingSettings, generate
+from rlhf_exp.rollout.sampling import Decoder, SamplingSettings, generate
 
 @dataclass
 class Generation:
@@ -44,6 +44,7 @@ class RolloutEngine:
     """The interface the loops use; see the module docstring."""
 
     name = "base"
+    compile_s = 0.0   # seconds spent compiling the sampler so far (generation.compile), counted in the gen time
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingSettings,
                  lengths: torch.Tensor) -> Generation:
@@ -66,7 +67,9 @@ class HFGenerator(RolloutEngine):
     Hugging Face ``generate`` under top-k/top-p): one call per batch, under accelerate's autocast (the
     precision the policy is scored in), with the full parameters of a sharded model gathered
     (:func:`~rlhf_exp.distributed.model_for_generation`). It samples from the live policy, so ``sync_weights`` has
-    nothing to copy, and returns no log-probs of its own (the scorer's are the sampler's).
+    nothing to copy, and returns no log-probs of its own (the scorer's are the sampler's). With ``compile``
+    (``generation.compile``) the decode loop's one-token step is compiled (:class:`~rlhf_exp.rollout.sampling.Decoder`;
+    the seconds spent compiling are ``compile_s``).
 
     Needs: ``accelerator``, the prepared ``policy``, ``stop_ids`` (:func:`~rlhf_exp.modeling.eos_token_ids`) and the
     tokenizer's ``pad_id``.
@@ -74,8 +77,13 @@ class HFGenerator(RolloutEngine):
 
     name = "hf"
 
-    def __init__(self, accelerator, policy, stop_ids: Sequence[int], pad_id: int):
+    def __init__(self, accelerator, policy, stop_ids: Sequence[int], pad_id: int, compile: bool = False):
         self.acc, self.policy, self.stop_ids, self.pad_id = accelerator, policy, list(stop_ids), pad_id
+        self.decoder = Decoder(compile=compile)
+
+    @property
+    def compile_s(self) -> float:
+        return self.decoder.compile_s
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingSettings,
                  lengths: torch.Tensor) -> Generation:
@@ -84,7 +92,7 @@ class HFGenerator(RolloutEngine):
         # under mixed precision the sampler runs in the precision the policy is scored in (accelerate's autocast)
         with model_for_generation(self.acc, self.policy) as unwrapped, self.acc.autocast():
             ids, mask = generate(unwrapped.lm, prompt_ids, prompt_mask, sampling, lengths, self.stop_ids, self.pad_id,
-                                 synced=self._synced())
+                                 synced=self._synced(), decoder=self.decoder)
         return Generation(ids, mask)
 
     def sync_weights(self, policy) -> None:

@@ -9,11 +9,14 @@ attention ignores them (attention mask 0), position ids are counted from the fir
 
 And no separate forward for the old log-probs where the update's own forward has them:
 :func:`old_logprobs_from_update` says when (one optimizer step per rollout batch, nothing before the update reads
-them) and :func:`fill_from_update` takes them, and the logged entropy, from that forward. Docs: docs/performance.md.
+them) and :func:`fill_from_update` takes them, and the logged entropy, from that forward.
+
+And micro-batches formed by a token budget rather than a row count (:func:`token_budget_micro_batches`): rows sorted
+by length, so that long and short responses do not pad each other. Docs: docs/performance.md.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence, Union
 
 import torch
 
@@ -87,3 +90,41 @@ def fill_from_update(batch: dict[str, torch.Tensor], idx: torch.Tensor, mb: dict
     Tp = lp.shape[1]
     batch["old_logprobs"][idx, :Tp] = lp.float()
     batch["entropy"][idx, :Tp] = ent.float()
+
+
+def token_budget_micro_batches(prompt_lens: Union[Sequence[int], torch.Tensor],
+                               response_lens: Union[Sequence[int], torch.Tensor], budget: int) -> list[list[int]]:
+    """Forward/backward micro-batches of one mini-batch by a token budget (``train.micro_batch_tokens``).
+
+    A micro-batch of rows ``S``, trimmed to its own padding (:func:`trim_padding`), costs
+    ``|S| * (max_{i in S} prompt_lens[i] + max_{i in S} response_lens[i])`` padded positions. Rows are sorted by
+    ``prompt_lens + response_lens``, longest first (ties: lower index first), and consecutive rows are grouped while
+    the group's cost stays within ``budget``; a row whose own length exceeds the budget forms a micro-batch alone.
+    Every row is in exactly one micro-batch; the result depends only on the lengths and the budget.
+
+    Args:
+        prompt_lens, response_lens: ``(n,)`` real tokens per row (the masks' row sums).
+        budget: padded positions per micro-batch, ``>= 1``.
+    Returns:
+        Lists of row positions (indices into the inputs), longest rows first.
+    """
+    if budget < 1:
+        raise ValueError(f"train.micro_batch_tokens must be >= 1, got {budget}.")
+    p = [int(x) for x in (prompt_lens.tolist() if isinstance(prompt_lens, torch.Tensor) else prompt_lens)]
+    r = [int(x) for x in (response_lens.tolist() if isinstance(response_lens, torch.Tensor) else response_lens)]
+    if len(p) != len(r):
+        raise ValueError(f"prompt_lens and response_lens differ in length ({len(p)} and {len(r)}).")
+    order = sorted(range(len(p)), key=lambda i: (-(p[i] + r[i]), i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    max_p = max_r = 0
+    for i in order:
+        np_, nr = max(max_p, p[i]), max(max_r, r[i])
+        if cur and (len(cur) + 1) * (np_ + nr) > budget:
+            batches.append(cur)
+            cur, np_, nr = [], p[i], r[i]
+        cur.append(i)
+        max_p, max_r = np_, nr
+    if cur:
+        batches.append(cur)
+    return batches

@@ -32,6 +32,7 @@ from rlhf_exp.distributed import (in_mixed_precision, mean_over_ranks, micro_bat
 from rlhf_exp.modeling import check_tokenizer_fits, load_policy, max_positions, reference_of, score_responses
 from rlhf_exp.objectives import build_online_objective
 from rlhf_exp.objectives.hooks import RolloutContext
+from rlhf_exp.perf import step_metrics
 from rlhf_exp.rewards import build_reward_model
 from rlhf_exp.rollout import sample_lengths
 from rlhf_exp.rollout.backends import backend_of
@@ -285,6 +286,9 @@ class OnlineTrainer:
         m.update({"perf/gen_s": info["gen_s"], "perf/score_s": info["score_s"], "perf/update_s": update_s,
                   "perf/step_s": step_s, "perf/samples_per_s": tcfg.batch_size / step_s,
                   "perf/tokens_per_s": float(fmask.sum()) * self.proc.world / step_s})
+        m.update(step_metrics(self.unwrapped.lm, batch["prompt_mask"], mask, info["gen_s"], info["score_s"], update_s,
+                              score_forwards=int(not self.old_logprobs_from_update) + int(self.ref_in_rollout),
+                              epochs=int(tcfg.epochs), compile_s=self.rollouts.engine.compile_s))
         return mean_over_ranks(self.proc.acc, m)
 
     def _kl_terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
