@@ -126,7 +126,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     has loaded raise without writing anything (docs/reliability.md).
     """
     from rlhf_exp.tracking import Tracker, check_logger
-    from rlhf_exp.train.checkpoint import Checkpointer, RunAborted, RunFolderBusy, RunInterrupted
+    from rlhf_exp.train.checkpoint import Checkpointer
+    from rlhf_exp.train.run_folder import RunAborted, RunFolderBusy, RunInterrupted
     from rlhf_exp.train.common import make_accelerator, quiet_libraries, seed_everything
     from rlhf_exp.train.online import OnlineTrainer, summary_line
 
@@ -228,7 +229,7 @@ def _resume_hint(output_dir: Path, stop: BaseException) -> str:
     """The line an interrupted run ends with: where its checkpoint is and the command that continues it."""
     from hydra.types import RunMode
 
-    from rlhf_exp.train.checkpoint import RunAborted
+    from rlhf_exp.train.run_folder import RunAborted
 
     saved = getattr(stop, "checkpoint", None)
     signame, step = getattr(stop, "signame", "signal"), getattr(stop, "step", "?")
@@ -254,7 +255,8 @@ def _hydra_main(cfg: DictConfig) -> float:
     global _FAILURE_LINE_AT_END
     from hydra.types import RunMode
 
-    from rlhf_exp.train.checkpoint import ResumeRefused, RunFolderBusy
+    from rlhf_exp.train.checkpoint import ResumeRefused
+    from rlhf_exp.train.run_folder import RunFolderBusy
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -312,7 +314,7 @@ def main() -> None:
     except ConfigError as e:
         fail(str(e))
     # Under torchrun/accelerate every rank runs this; only rank 0 lets Hydra create the run folder.
-    from rlhf_exp.train.checkpoint import RunAborted, RunInterrupted
+    from rlhf_exp.train.run_folder import RunAborted, RunInterrupted
 
     sys.argv.extend(hydra_overrides_for_rank(launcher_rank()))
     try:

@@ -32,7 +32,7 @@ def write_summary(output_dir: Path, values: Mapping[str, Any]) -> dict[str, Any]
     """Write ``<output_dir>/summary.json`` (non-finite floats made JSON-safe), with the run's ``environment``
     (rlhf_exp/environment.py; the world size from ``num_processes``) unless ``values`` has one; returns what was
     written."""
-    from rlhf_exp.train.checkpoint import atomic_write_text
+    from rlhf_exp.files import atomic_write_text
 
     clean = {k: _jsonable(v) for k, v in values.items()}
     if "environment" not in clean:

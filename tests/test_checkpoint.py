@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_exp import files
 from rlhf_exp.train import checkpoint as ck
+from rlhf_exp.train import run_folder
 from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +110,7 @@ def test_kill_9_between_checkpoints_then_rerun_is_identical(tmp_path, objective)
     assert "stale lock" in out and "resumed from" in out and "step_2" in out
     _finish(full)
     assert_same_run(tmp_path / "full", tmp_path / "run")
-    assert not (tmp_path / "run" / ck.LOCK).exists()
+    assert not (tmp_path / "run" / run_folder.LOCK).exists()
 
 
 @pytest.mark.timeout(900)
@@ -223,29 +225,29 @@ def test_keep_checkpoints_and_finished_run_is_skipped_and_resume_false_refuses(t
 def test_a_live_run_owns_its_folder(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / ck.LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+        (tmp_path / run_folder.LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
                                                     "started": "now"}))
-        with pytest.raises(ck.RunFolderBusy, match=f"live run \\(pid {sleeper.pid}"):
+        with pytest.raises(run_folder.RunFolderBusy, match=f"live run \\(pid {sleeper.pid}"):
             _run(["train.steps=1"], tmp_path)
         assert not (tmp_path / "summary.json").exists() and not (tmp_path / "metrics.jsonl").exists()
     finally:
         sleeper.kill()
         sleeper.wait()
     _run(["train.steps=1", "eval.every=0", "train.save_model=false"], tmp_path)   # now a stale lock: taken over
-    assert not (tmp_path / ck.LOCK).exists()
+    assert not (tmp_path / run_folder.LOCK).exists()
 
 
 # ------------------------------------------------------------------------------------------------ units
 def test_atomic_dir_keeps_the_old_folder_when_the_write_fails(tmp_path):
     target = tmp_path / "policy"
-    with ck.atomic_dir(target) as tmp:
+    with files.atomic_dir(target) as tmp:
         (tmp / "a.txt").write_text("old")
     with pytest.raises(OSError):
-        with ck.atomic_dir(target) as tmp:
+        with files.atomic_dir(target) as tmp:
             (tmp / "a.txt").write_text("new, half")
             raise OSError(28, "No space left on device")
     assert (target / "a.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
-    with ck.atomic_dir(target) as tmp:
+    with files.atomic_dir(target) as tmp:
         (tmp / "b.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
 
@@ -253,7 +255,7 @@ def test_atomic_dir_keeps_the_old_folder_when_the_write_fails(tmp_path):
 def test_cut_jsonl_drops_later_steps_and_a_cut_line(tmp_path):
     f = tmp_path / "metrics.jsonl"
     f.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(5)) + '{"step": 5, "x"')
-    assert ck.cut_jsonl(f, 2) == 3
+    assert files.cut_jsonl(f, 2) == 3
     assert [json.loads(x)["step"] for x in f.read_text().splitlines()] == [0, 1, 2]
 
 
@@ -358,20 +360,20 @@ def test_a_signal_asks_for_a_stop_and_a_later_second_one_stops_at_once(tmp_path)
         is_main_process, num_processes, process_index = True, 1, 0
 
     c = ck.Checkpointer(compose(TINY), tmp_path, OneProcess())
-    c._install_handlers()
+    c.signals.install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         assert c.stop_signal == "SIGTERM" and c._stop_agreed()
         os.kill(os.getpid(), signal.SIGINT)               # at once after the first: the same request (one preemption
         assert c.stop_signal == "SIGTERM"                 # delivered by a launcher and to its process group)
-        c._first_stop_at -= c.REPEAT_WINDOW_S             # later: a second signal stops at once
-        with pytest.raises(ck.RunAborted) as aborted:
+        c.signals._first_stop_at -= c.signals.REPEAT_WINDOW_S            # later: a second signal stops at once
+        with pytest.raises(run_folder.RunAborted) as aborted:
             os.kill(os.getpid(), signal.SIGINT)
         assert isinstance(aborted.value, KeyboardInterrupt) and aborted.value.exit_code == 130
-        assert signal.getsignal(signal.SIGINT) is not c._on_signal     # the handlers are given back
+        assert signal.getsignal(signal.SIGINT) is not c.signals._on_signal    # the handlers are given back
     finally:
         c.close()
-    with pytest.raises(ck.RunInterrupted) as stop:
+    with pytest.raises(run_folder.RunInterrupted) as stop:
         c.stop_signal = "SIGINT"
         c.save = lambda trainer, step, wall_s: None       # (what a failed save returns)
         c.step_done(None, 3, 0.0)

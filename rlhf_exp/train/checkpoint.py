@@ -1,4 +1,5 @@
-"""Checkpoints, resume, graceful stop and the run-folder lock.
+"""Checkpoints and resume. The run-folder lock and the stop signals are :mod:`rlhf_exp.train.run_folder`; atomic file
+writes, file modes, digests and log truncation are :mod:`rlhf_exp.files`.
 
 A run writes ``<run dir>/checkpoints/step_<k>/`` every ``train.checkpoint_every`` steps and at its last step, and
 keeps the newest ``train.keep_checkpoints``. A checkpoint holds:
@@ -32,12 +33,8 @@ User documentation: docs/checkpoints.md and docs/reliability.md.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import shutil
-import signal
-import socket
 import sys
 import threading
 import time
@@ -47,201 +44,20 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 
 from rlhf_exp.core.state import check_keys
+from rlhf_exp.files import HASH, _swap_in, atomic_write_text, cut_jsonl, file_digest, usual_modes
+from rlhf_exp.train.run_folder import (RunAborted, RunFolderBusy, RunInterrupted, StopSignals,  # noqa: F401 (RunAborted:
+                                      acquire_lock, release_lock)                      # for the callers' except)
 
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
-LOCK = ".lock"
 LOOP_STATE = "loop_state_rank{}.pt"
 SCHEDULER = "scheduler.json"
 STEP_PREFIX = "step_"
-HASH = "sha256"     # of every file, recorded in meta.json at save (hashlib: SHA-NI on current CPUs, ~1 GB/s)
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """The run stopped at a step boundary after SIGTERM / SIGINT, with a checkpoint saved (or none, if it failed).
-
-    A ``KeyboardInterrupt``, so that it stops a Hydra multirun too. ``exit_code`` is 128 + the signal number."""
-
-    def __init__(self, signame: str, step: int, checkpoint: Optional[Path]):
-        self.signame, self.step, self.checkpoint = signame, step, checkpoint
-        self.exit_code = 128 + int(getattr(signal, signame, signal.SIGTERM))
-        super().__init__(f"stopped by {signame} after step {step}")
-
-
-class RunAborted(KeyboardInterrupt):
-    """A second SIGTERM / SIGINT: the run stops at once, without a checkpoint of the step it was in (the newest
-    complete checkpoint is kept). ``exit_code`` is 128 + the signal number."""
-
-    def __init__(self, signame: str):
-        self.signame = signame
-        self.exit_code = 128 + int(getattr(signal, signame, signal.SIGTERM))
-        super().__init__(f"stopped at once by a second {signame}")
-
-
-class RunFolderBusy(RuntimeError):
-    """Another live process holds the run folder."""
 
 
 class ResumeRefused(ValueError):
     """The run folder (or the checkpoint of ``train.resume=<path>``) holds a run that this command cannot continue;
     nothing in it was changed."""
-
-
-# ---------------------------------------------------------------------------------------------------- atomic files
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``: readers see the old file or the
-    new one, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def usual_modes(folder: Path) -> None:
-    """Give every file under ``folder`` the mode a plain ``open()`` gives (``0o666`` less the umask: 0644 usually).
-    Libraries that write through a private temporary file and rename it (safetensors) leave 0600, so colleagues
-    who can read the metrics could not read the weights."""
-    mode = 0o666 & ~_umask()
-    for p in Path(folder).rglob("*"):
-        if p.is_file() and not p.is_symlink() and (p.stat().st_mode & 0o777) != mode:
-            os.chmod(p, mode)
-
-
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """The :data:`HASH` hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.new(HASH)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; when the block ends without error it replaces ``path`` (an older
-    ``path`` is moved aside first and removed after). On an error the temporary folder is removed and ``path`` is
-    left as it was. The files get the usual modes (:func:`usual_modes`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        usual_modes(tmp)
-        _swap_in(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Rename the complete folder ``tmp`` to ``path``, replacing an existing ``path``."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        path.rename(old)
-    tmp.rename(path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def cut_jsonl(path: Path, last_step: int) -> int:
-    """Cut a ``metrics.jsonl`` / ``samples.jsonl`` after its rows with ``step <= last_step`` (rows are in step order;
-    a line cut short by a kill ends the kept part). Truncated in place, so that a logger holding the file open for
-    appending goes on at the new end. Returns how many lines were dropped."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    keep, lines = 0, data.splitlines(keepends=True)
-    for line in lines:
-        try:
-            row = json.loads(line)
-            ok = line.endswith(b"\n") and int(row.get("step", 0)) <= last_step
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            break
-        keep += len(line)
-    if keep < len(data):
-        os.truncate(path, keep)
-    return len(lines) - len(data[:keep].splitlines())
-
-
-# ---------------------------------------------------------------------------------------------------- lock
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child that its parent has not reaped yet is a zombie: dead
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def acquire_lock(run_dir: Path) -> Path:
-    """Take ``<run_dir>/.lock`` (``{"pid", "host", "started"}``) for this process. A lock whose process is gone
-    (same host) is stale: replaced, with a notice. Raises :class:`RunFolderBusy` when a live process holds it."""
-    path = Path(run_dir) / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(path.read_text())
-                pid, host = int(owner["pid"]), str(owner["host"])
-            except (OSError, ValueError, KeyError, TypeError):
-                if time.time() - path.stat().st_mtime < 5:  # being written right now
-                    time.sleep(0.5)
-                    continue
-                owner, pid, host = {}, -1, me["host"]
-            if pid == os.getpid() and host == me["host"]:
-                return path
-            if host != me["host"]:
-                raise RunFolderBusy(
-                    f"The run folder {run_dir} is locked by pid {pid} on host {host} (since {owner.get('started')}). "
-                    f"If that run is gone, delete {path}; otherwise use another folder (hydra.run.dir=...).")
-            if _pid_alive(pid):
-                raise RunFolderBusy(
-                    f"The run folder {run_dir} is in use by a live run (pid {pid}, since {owner.get('started')}): two "
-                    f"runs in one folder would mix their metrics. Wait for it, stop it, or use another folder "
-                    f"(hydra.run.dir=...).")
-            print(f"[rlhf_exp] {path}: stale lock of pid {pid} (no longer running) replaced.", flush=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return path
-    raise RunFolderBusy(f"Could not take the lock {path}; delete it if no run uses {run_dir}.")
-
-
-def release_lock(path: Optional[Path]) -> None:
-    if path is None:
-        return
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        if int(json.loads(Path(path).read_text())["pid"]) == os.getpid():
-            Path(path).unlink()
 
 
 # ---------------------------------------------------------------------------------------------------- listing
@@ -425,11 +241,6 @@ class Checkpointer:
     this run may write into the folder (a refused or failed resume leaves it as it was).
     """
 
-    REPEAT_WINDOW_S = 1.0   # a second stop signal this soon after the first is the same request (a launcher and its
-    #                         process group both delivering one preemption, within milliseconds: torchrun forwards
-    #                         SIGTERM, a terminal's Ctrl-C reaches every process); later, it stops the run at once
-    ABORT_GRACE_S = 5.0     # after a second stop signal, the process exits by itself if it has not stopped by then
-
     def __init__(self, cfg, output_dir: Path, accelerator, resolved: Optional[Mapping[str, Any]] = None):
         tcfg = cfg.train
         self.cfg, self.run_dir, self.acc = cfg, Path(output_dir), accelerator
@@ -445,10 +256,8 @@ class Checkpointer:
         self.plan: dict[str, Any] = {"action": "fresh"}
         self.owns_folder = False
         self.record_config = None        # called (main process) when this run takes the folder: writes its config
-        self.stop_signal: Optional[str] = None
-        self._old_handlers: dict[int, Any] = {}
-        self._first_stop_at = 0.0
-        self._watchdog: Optional[tuple[Any, Any, Any, Any]] = None
+        self.signals = StopSignals(announce=accelerator.is_main_process, on_abort=self.write_abort_summary,
+                                   where=self._abort_where)
         self._abort_lock = threading.Lock()
         self._abort_written = False
         self._changes: list[str] = []
@@ -457,6 +266,15 @@ class Checkpointer:
         self.scheduler = None
         self.save_seconds: list[float] = []
         self._t_start = time.perf_counter()
+
+    @property
+    def stop_signal(self) -> Optional[str]:
+        """The first stop signal received (``SIGTERM`` / ``SIGINT``), or None."""
+        return self.signals.stop_signal
+
+    @stop_signal.setter
+    def stop_signal(self, name: Optional[str]) -> None:
+        self.signals.stop_signal = name
 
     # ------------------------------------------------------------------ before the tracker
     def open(self) -> dict[str, Any]:
@@ -496,7 +314,7 @@ class Checkpointer:
         self.plan = plan
         if plan["action"] == "fresh":
             self._take_folder()
-        self._install_handlers()
+        self.signals.install()
         return plan
 
     def _take_folder(self) -> None:
@@ -865,73 +683,7 @@ class Checkpointer:
         for _, p in list_checkpoints(self.folder)[:-self.keep]:
             shutil.rmtree(p, ignore_errors=True)
 
-    # ------------------------------------------------------------------ signals
-    def _install_handlers(self) -> None:
-        """SIGTERM / SIGINT: the first asks for a checkpoint at the next step boundary and a stop; a second one (later
-        than :attr:`REPEAT_WINDOW_S`) stops at once (:class:`RunAborted`). A watchdog thread sees the signals too
-        (``signal.set_wakeup_fd``: written by the C-level handler even while the main thread is blocked outside
-        Python, where a Python handler cannot run): if the process has not stopped :attr:`ABORT_GRACE_S` seconds
-        after the second signal, it writes ``summary.json`` and exits."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-        try:
-            reader, writer = socket.socketpair()
-            writer.setblocking(False)
-            old_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        except (OSError, ValueError):  # pragma: no cover - no wakeup fd: the Python-level handlers still work
-            return
-        thread = threading.Thread(target=self._watch, args=(reader,), daemon=True, name="rlhf_exp-stop-watchdog")
-        self._watchdog = (reader, writer, old_fd, thread)
-        thread.start()
-
-    def _on_signal(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        now = time.monotonic()
-        if self.stop_signal is not None:
-            if now - self._first_stop_at < self.REPEAT_WINDOW_S:
-                return
-            self._restore_handlers()
-            raise RunAborted(name)
-        self.stop_signal = name
-        self._first_stop_at = now
-        if self.acc.is_main_process:
-            print(f"\n[rlhf_exp] {name} received: saving a checkpoint at the end of this step, then stopping "
-                  f"(a second SIGTERM or Ctrl-C, a second or more later, stops at once, keeping the newest complete "
-                  f"checkpoint).",
-                  file=sys.stderr, flush=True)
-
-    def _watch(self, reader) -> None:
-        """The watchdog thread (see :meth:`_install_handlers`)."""
-        stops: list[float] = []
-        while True:
-            try:
-                data = reader.recv(64)
-            except OSError:
-                return
-            if not data:
-                return
-            for signum in data:
-                if signum not in (signal.SIGTERM, signal.SIGINT):
-                    continue
-                now = time.monotonic()
-                if not stops or now - stops[-1] >= self.REPEAT_WINDOW_S:
-                    stops.append(now)
-                if len(stops) == 2:
-                    name = signal.Signals(signum).name
-                    threading.Thread(target=self._exit_later, args=(name,), daemon=True).start()
-
-    def _exit_later(self, name: str) -> None:
-        time.sleep(self.ABORT_GRACE_S)
-        if self._watchdog is None:      # closed: the run stopped by itself
-            return
-        self.write_abort_summary(name)
-        print(f"\n[rlhf_exp] the run did not stop within {self.ABORT_GRACE_S:g} s of the second {name} (it is "
-              f"blocked outside Python: a C extension, a collective, I/O); exiting now. "
-              f"{self._abort_where()}", file=sys.stderr, flush=True)
-        os._exit(128 + int(getattr(signal, name, signal.SIGTERM)))
-
+    # ------------------------------------------------------------------ a stop at once
     def _abort_where(self) -> str:
         if self.last_saved is not None:
             return f"The newest complete checkpoint is {self.last_saved[1]} (step {self.last_saved[0]})."
@@ -959,26 +711,9 @@ class Checkpointer:
                 print(f"[rlhf_exp] could not write summary.json ({type(e).__name__}: {e}).", file=sys.stderr,
                       flush=True)
 
-    def _restore_handlers(self) -> None:
-        for sig, old in self._old_handlers.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, old)
-        self._old_handlers = {}
-
     def close(self) -> None:
-        """Restore the signal handlers, stop the watchdog and release the lock."""
-        self._restore_handlers()
-        if self._watchdog is not None:
-            reader, writer, old_fd, thread = self._watchdog
-            self._watchdog = None
-            with contextlib.suppress(ValueError, OSError):
-                signal.set_wakeup_fd(old_fd)
-            with contextlib.suppress(OSError):
-                reader.shutdown(socket.SHUT_RDWR)      # wakes the watchdog's recv: it returns b"" and the thread ends
-            thread.join(timeout=2.0)
-            for sock in (writer, reader):
-                with contextlib.suppress(OSError):
-                    sock.close()
+        """Give the signal handlers back, stop the watchdog and release the lock."""
+        self.signals.close()
         release_lock(self.lock)
         self.lock = None
 

@@ -187,7 +187,7 @@ def save_run_policy(proc, policy, tokenizer, folder: Path, merge_lora: bool) -> 
     process (``proc``: :class:`~rlhf_exp.train.context.ProcessContext`): the engine's full state dict is gathered
     collectively (``accelerator.get_state_dict``), then rank 0 alone writes, into a temporary folder that replaces
     ``folder`` when complete (a failed save leaves an earlier one as it was)."""
-    from rlhf_exp.train.checkpoint import atomic_dir
+    from rlhf_exp.files import atomic_dir
 
     state = proc.acc.get_state_dict(policy)
     if proc.is_main:

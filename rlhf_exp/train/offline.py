@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from rlhf_exp.core.state import check_keys
+from rlhf_exp.files import atomic_dir
 from rlhf_exp.data import OfflineData, chat_records, load_offline_data, offline_eval_prompts
 from rlhf_exp.distributed import even_chunks, in_mixed_precision, micro_batch_loss_scale, rank_slice, synchronize
 from rlhf_exp.modeling import check_tokenizer_fits, max_positions, reference_of
@@ -277,7 +278,7 @@ def save_reward_model(proc: ProcessContext, model, tokenizer, folder: Path) -> d
     ``folder``; return the summary entry naming it. Collective like :func:`~rlhf_exp.train.common.save_run_policy`."""
     state = proc.acc.get_state_dict(model)            # collective: the full weights of a sharded engine
     if proc.is_main:
-        with checkpoint.atomic_dir(folder) as tmp:     # a failed save leaves an earlier folder as it was
+        with atomic_dir(folder) as tmp:     # a failed save leaves an earlier folder as it was
             proc.acc.unwrap_model(model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
             side, tokenizer.padding_side = tokenizer.padding_side, "right"     # reward models score right-padded
             tokenizer.save_pretrained(tmp)
