@@ -9,7 +9,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def test_readme_math_snippet_runs():
     text = README.read_text()
-    section = text.split("## Use the math in your own loop", 1)[1]
+    section = text.split("Use the math in your own loop", 1)[1]
     block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)
